@@ -1,0 +1,148 @@
+"""The model bundle: what the converter writes and everything else reads.
+
+A bundle is a folder:
+
+    manifest.json          format version, dims, precision, provider, source, file list
+    tokenizer.json         the checkpoint's own tokenizer (with the 32 [memory_i] tokens)
+    encoder/model.onnx     the 0.5B Qwen2 encoder (ORT GenAI builder, hidden_states output)
+    projector.onnx         Linear(encoder width -> decoder width), run at answer time
+    decoder/model.onnx     the main decoder (ORT GenAI builder, inputs_embeds input)
+    embeddings.npy         the decoder's token embedding table, for the memory splice
+
+The projector is a separate stage so the library can persist 32 x 896 encoder states per chunk
+instead of 32 x 3584 projected ones (DESIGN.md §4).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+FORMAT_VERSION = 1
+MANIFEST_NAME = "manifest.json"
+
+
+class BundleError(Exception):
+    """A bundle that cannot be used; the message is one line a user can act on."""
+
+
+@dataclass(frozen=True)
+class StackInfo:
+    """One transformer stack of the bundle (encoder or decoder)."""
+
+    file: str
+    hidden_size: int
+    num_layers: int
+    num_kv_heads: int
+    head_size: int
+    precision: str
+
+
+@dataclass(frozen=True)
+class Manifest:
+    root: Path
+    data: dict[str, Any]
+
+    @property
+    def memory_size(self) -> int:
+        return int(self.data["memory_size"])
+
+    @property
+    def encoder(self) -> StackInfo:
+        return StackInfo(**self.data["encoder"]["stack"])
+
+    @property
+    def decoder(self) -> StackInfo:
+        return StackInfo(**self.data["decoder"]["stack"])
+
+    @property
+    def max_context_tokens(self) -> int:
+        """The most text tokens one memory may stand for; longer contexts are truncated."""
+        return int(self.data["encoder"]["max_context_tokens"])
+
+    @property
+    def eos_token_id(self) -> int:
+        return int(self.data["tokenizer"]["eos_token_id"])
+
+    @property
+    def memory_token_ids(self) -> list[int]:
+        return [int(i) for i in self.data["tokenizer"]["memory_token_ids"]]
+
+    @property
+    def provider(self) -> str:
+        return str(self.data["provider"])
+
+    @property
+    def precision(self) -> str:
+        return str(self.data["precision"])
+
+    @property
+    def encoder_identity(self) -> str:
+        """Names the encoder's exact weights and export: memories are only valid for this value."""
+        return str(self.data["encoder"]["identity"])
+
+    def path(self, key: str) -> Path:
+        return self.root / self.data["paths"][key]
+
+
+def file_digest(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        while block := handle.read(1 << 24):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def describe_files(root: Path) -> dict[str, dict[str, Any]]:
+    """Size and sha256 of every file under `root` except the manifest, for later verification."""
+    return {
+        str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": file_digest(p)}
+        for p in sorted(root.rglob("*"))
+        if p.is_file() and p.name != MANIFEST_NAME
+    }
+
+
+def load_manifest(root: Path, verify_hashes: bool = False) -> Manifest:
+    """Read and check a bundle; raise BundleError naming the first problem.
+
+    Sizes are always checked (cheap, and catches truncated copies); hashes only on request,
+    since hashing a 5 GB decoder takes longer than loading it.
+    """
+    root = Path(root).expanduser()
+    if not root.is_dir():
+        raise BundleError(f"model bundle {root} does not exist or is not a folder")
+    manifest_path = root / MANIFEST_NAME
+    if not manifest_path.exists():
+        raise BundleError(f"{root} is not a Dolphin Desk model bundle: no {MANIFEST_NAME}")
+    try:
+        data = json.loads(manifest_path.read_text(encoding="utf-8"))
+        version = int(data["format_version"])
+    except (UnicodeDecodeError, ValueError, KeyError, TypeError) as exc:
+        raise BundleError(f"{manifest_path} is corrupt ({type(exc).__name__}): convert the model again") from None
+    if version > FORMAT_VERSION:
+        raise BundleError(
+            f"bundle format {version} is newer than this app understands (up to {FORMAT_VERSION}): update Dolphin Desk"
+        )
+    if version < 1:
+        raise BundleError(f"bundle format {version} is not supported: convert the model again")
+    for rel_path, expected in data.get("files", {}).items():
+        path = root / rel_path
+        if not path.exists():
+            raise BundleError(f"bundle file {rel_path} is missing: convert the model again or copy the whole folder")
+        size = path.stat().st_size
+        if size != expected["bytes"]:
+            raise BundleError(
+                f"bundle file {rel_path} is corrupt: {size:,} bytes, expected {expected['bytes']:,}"
+            )
+        if verify_hashes and file_digest(path) != expected["sha256"]:
+            raise BundleError(f"bundle file {rel_path} is corrupt: its checksum does not match")
+    try:
+        manifest = Manifest(root, data)
+        _ = (manifest.encoder, manifest.decoder, manifest.memory_size, manifest.eos_token_id, manifest.memory_token_ids)
+        _ = [manifest.path(k) for k in ("tokenizer", "encoder", "projector", "decoder", "embeddings")]
+    except (KeyError, TypeError, ValueError) as exc:
+        raise BundleError(f"{manifest_path} is incomplete (missing {exc}): convert the model again") from None
+    return manifest

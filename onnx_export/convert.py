@@ -1,0 +1,288 @@
+"""Checkpoint -> model bundle.
+
+The Dolphin checkpoint is split, tensor by tensor and shard by shard, into two stock Qwen2
+checkpoints (the 0.5B encoder and the main decoder) plus the projector; ONNX Runtime GenAI's
+model builder exports each stack; the projector and the decoder's embedding table become the
+memory-splice stage. Peak memory is the builder's load of the decoder, never the whole Dolphin
+model twice.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import numpy as np
+import onnx
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from safetensors import safe_open
+from safetensors.torch import save_file
+
+from inference.bundle import FORMAT_VERSION, MANIFEST_NAME, describe_files
+from onnx_export.checkpoint import ENCODER_PREFIX, PROJECTOR_PREFIX, DolphinCheckpoint, open_checkpoint
+from onnx_export.random_checkpoint import MEMORY_TOKENS
+
+PRECISIONS = ("int4", "fp16", "fp32")
+PROVIDERS = ("cpu", "dml", "cuda")
+DEFAULT_MAX_CONTEXT_TOKENS = 2048
+_QWEN2_KEYS = (
+    "hidden_act", "hidden_size", "intermediate_size", "max_position_embeddings", "num_attention_heads",
+    "num_hidden_layers", "num_key_value_heads", "rms_norm_eps", "rope_theta", "vocab_size", "bos_token_id",
+    "eos_token_id", "tie_word_embeddings", "attention_dropout",
+)  # fmt: skip
+
+
+class ConversionError(Exception):
+    """Conversion stopped; the message is one line for the user."""
+
+
+Progress = Callable[[str], None]
+
+
+def _qwen2_config(source: dict) -> dict:
+    config = {k: source[k] for k in _QWEN2_KEYS if k in source}
+    config.update(
+        {
+            "architectures": ["Qwen2ForCausalLM"],
+            "model_type": "qwen2",
+            "use_sliding_window": False,
+            "sliding_window": source.get("max_position_embeddings"),
+            "max_window_layers": source["num_hidden_layers"],
+            "torch_dtype": "bfloat16",
+            "use_cache": True,
+        }
+    )
+    return config
+
+
+def _stack_dims(config: dict) -> dict:
+    heads = config["num_attention_heads"]
+    return {
+        "hidden_size": config["hidden_size"],
+        "num_layers": config["num_hidden_layers"],
+        "num_kv_heads": config["num_key_value_heads"],
+        "head_size": config["hidden_size"] // heads,
+    }
+
+
+def split_checkpoint(checkpoint: DolphinCheckpoint, work: Path, bundle: Path, progress: Progress) -> dict:
+    """Stream the shards into encoder/decoder Qwen2 folders, the projector and the embedding table."""
+    dec_dir, enc_dir = work / "decoder-hf", work / "encoder-hf"
+    for folder in (dec_dir, enc_dir):
+        folder.mkdir(parents=True)
+        for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
+            if (checkpoint.root / name).exists():
+                shutil.copy2(checkpoint.root / name, folder / name)
+    (dec_dir / "config.json").write_text(json.dumps(_qwen2_config(checkpoint.config), indent=2))
+    (enc_dir / "config.json").write_text(json.dumps(_qwen2_config(checkpoint.encoder_config), indent=2))
+
+    maps: dict[Path, dict[str, str]] = {dec_dir: {}, enc_dir: {}}
+    projector: dict[str, np.ndarray] = {}
+    embedding_dtype = ""
+    shards = checkpoint.shard_files
+    for number, shard in enumerate(shards, start=1):
+        progress(f"splitting shard {number}/{len(shards)}: {shard.name}")
+        outputs: dict[Path, dict[str, torch.Tensor]] = {dec_dir: {}, enc_dir: {}}
+        with safe_open(str(shard), framework="pt") as reader:
+            for name in reader.keys():
+                if name.startswith(PROJECTOR_PREFIX):
+                    projector[name.removeprefix(PROJECTOR_PREFIX)] = reader.get_tensor(name).float().numpy()
+                elif name.startswith(ENCODER_PREFIX):
+                    outputs[enc_dir]["model." + name.removeprefix(ENCODER_PREFIX)] = reader.get_tensor(name)
+                elif name.startswith("model.context_encoder."):
+                    raise ConversionError(f"unexpected tensor {name}: this checkpoint's context encoder is not Dolphin's")
+                else:
+                    tensor = reader.get_tensor(name)
+                    if name == "model.embed_tokens.weight":
+                        embedding_dtype = _save_embedding_table(tensor, bundle / "embeddings.npy")
+                    outputs[dec_dir][name] = tensor
+        for folder, tensors in outputs.items():
+            if tensors:
+                file_name = f"model-{number:05d}-of-{len(shards):05d}.safetensors"
+                save_file(tensors, str(folder / file_name), metadata={"format": "pt"})
+                maps[folder].update({n: file_name for n in tensors})
+        del outputs
+    for folder, weight_map in maps.items():
+        (folder / "model.safetensors.index.json").write_text(json.dumps({"metadata": {}, "weight_map": weight_map}))
+    _write_projector(projector["weight"], projector["bias"], bundle / "projector.onnx")
+    return {"embedding_dtype": embedding_dtype}
+
+
+def _save_embedding_table(tensor: torch.Tensor, path: Path) -> str:
+    """bf16 is stored as its raw 16 bits: exact, and half the size of fp32 (2.2 GB -> 1.1 GB)."""
+    if tensor.dtype == torch.bfloat16:
+        np.save(path, tensor.contiguous().view(torch.int16).numpy().view(np.uint16))
+        return "bfloat16"
+    if tensor.dtype in (torch.float16, torch.float32):
+        np.save(path, tensor.contiguous().numpy())
+        return str(tensor.dtype).removeprefix("torch.")
+    raise ConversionError(f"unsupported embedding dtype {tensor.dtype}")
+
+
+def _write_projector(weight: np.ndarray, bias: np.ndarray, path: Path) -> None:
+    """states [n, 32, enc] -> memory [n, 32, dec]; fp32, the weights are the checkpoint's values."""
+    enc, dec = weight.shape[1], weight.shape[0]
+    graph = helper.make_graph(
+        [
+            helper.make_node("MatMul", ["encoder_states", "weight_t"], ["projected"]),
+            helper.make_node("Add", ["projected", "bias"], ["memory"]),
+        ],
+        "dolphin_projector",
+        [helper.make_tensor_value_info("encoder_states", TensorProto.FLOAT, ["batch", "memory_size", enc])],
+        [helper.make_tensor_value_info("memory", TensorProto.FLOAT, ["batch", "memory_size", dec])],
+        [
+            numpy_helper.from_array(np.ascontiguousarray(weight.T, dtype=np.float32), "weight_t"),
+            numpy_helper.from_array(bias.astype(np.float32), "bias"),
+        ],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)], producer_name="dolphin-desk")
+    onnx.checker.check_model(model)
+    onnx.save(model, str(path))
+
+
+def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, options: dict[str, str], log: Path) -> None:
+    """The ORT GenAI builder in a child process (its peak memory ends with it)."""
+    builder_options = {"accuracy_level": "4", **options} if precision == "int4" else dict(options)
+    command = [
+        sys.executable, "-m", "onnx_export.ort_builder",
+        "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", provider,
+        "-c", str(hf_dir.parent / "cache"),
+        "--extra_options", *[f"{k}={v}" for k, v in builder_options.items()],
+    ]  # fmt: skip
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    with log.open("ab") as log_file:
+        result = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
+    if result.returncode != 0 or not (out_dir / "model.onnx").exists():
+        tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
+        raise ConversionError(f"the ONNX Runtime GenAI builder failed on {hf_dir.name} ({tail[0][:300]}); full log: {log}")
+
+
+def _keep_onnx_only(folder: Path) -> None:
+    """The builder also writes its own tokenizer and genai_config; the bundle has one of each."""
+    for path in folder.iterdir():
+        if not (path.name == "model.onnx" or path.name.startswith("model.onnx.data") or path.suffix == ".data"):
+            path.unlink()
+
+
+def convert(
+    source: str,
+    out: Path,
+    precision: str = "int4",
+    provider: str = "cpu",
+    encoder_precision: str | None = None,
+    max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
+    force: bool = False,
+    progress: Progress = lambda message: None,
+) -> Path:
+    """Convert a Dolphin checkpoint (folder or hub id) into a bundle at `out`; return `out`."""
+    if precision not in PRECISIONS:
+        raise ConversionError(f"precision must be one of {', '.join(PRECISIONS)}")
+    if provider not in PROVIDERS:
+        raise ConversionError(f"provider must be one of {', '.join(PROVIDERS)}")
+    if precision == "fp16" and provider == "cpu":
+        raise ConversionError("fp16 bundles need --provider cuda or dml; on the CPU use int4 or fp32")
+    encoder_precision = encoder_precision or precision
+    out = Path(out).expanduser().resolve()
+    if out.exists() and any(out.iterdir()):
+        if not force:
+            raise ConversionError(f"{out} already exists and is not empty (use --force to replace it)")
+    started = time.monotonic()
+    progress("reading the checkpoint")
+    checkpoint = open_checkpoint(source)
+    staging = out.with_name(out.name + ".partial")
+    shutil.rmtree(staging, ignore_errors=True)
+    work = staging / ".work"
+    work.mkdir(parents=True)
+    try:
+        split = split_checkpoint(checkpoint, work, staging, progress)
+        log = staging / "convert.log"
+        progress(f"exporting the memory encoder ({encoder_precision})")
+        run_builder(work / "encoder-hf", staging / "encoder", encoder_precision, provider, {"exclude_lm_head": "true"}, log)
+        progress(f"exporting the decoder ({precision})")
+        run_builder(
+            work / "decoder-hf", staging / "decoder", precision, provider,
+            {"exclude_embeds": "true", "prune_lm_head": "true"}, log,
+        )  # fmt: skip
+        for folder in ("encoder", "decoder"):
+            _keep_onnx_only(staging / folder)
+        shutil.copy2(checkpoint.root / "tokenizer.json", staging / "tokenizer.json")
+        shutil.rmtree(work)
+        log.unlink(missing_ok=True)
+        progress("fingerprinting the source and writing the manifest")
+        manifest = _manifest(checkpoint, staging, precision, encoder_precision, provider, max_context_tokens, split)
+        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        if out.exists():
+            shutil.rmtree(out)
+        staging.rename(out)
+    except BaseException:
+        shutil.rmtree(work, ignore_errors=True)
+        raise
+    progress(f"done in {time.monotonic() - started:.1f} s: {out}")
+    return out
+
+
+def _manifest(
+    checkpoint: DolphinCheckpoint,
+    bundle: Path,
+    precision: str,
+    encoder_precision: str,
+    provider: str,
+    max_context_tokens: int,
+    split: dict,
+) -> dict:
+    from tokenizers import Tokenizer
+
+    import onnxruntime_genai
+
+    tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
+    memory_ids = [tokenizer.token_to_id(t) for t in MEMORY_TOKENS]
+    if None in memory_ids:
+        raise ConversionError("the checkpoint's tokenizer lacks the [memory_i] tokens: not a Dolphin tokenizer")
+    eos_id = checkpoint.config.get("eos_token_id", tokenizer.token_to_id("<|endoftext|>"))
+    enc_config = checkpoint.encoder_config
+    encoder_positions = int(enc_config["max_position_embeddings"]) - len(MEMORY_TOKENS)
+    fingerprint = checkpoint.fingerprint()
+    files = describe_files(bundle)
+    return {
+        "format_version": FORMAT_VERSION,
+        "kind": "dolphin-desk-model-bundle",
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "memory_size": len(MEMORY_TOKENS),
+        "precision": precision,
+        "provider": provider,
+        "source": {"id": checkpoint.source_id, "sha256": fingerprint, "path": str(checkpoint.root)},
+        "converter": {
+            "onnxruntime_genai": onnxruntime_genai.__version__,
+            "torch": torch.__version__,
+            "onnx": onnx.__version__,
+            "rope_tables": "bf16-rounded, as the reference runs them",
+        },
+        "tokenizer": {"eos_token_id": int(eos_id), "memory_token_ids": memory_ids},
+        "encoder": {
+            "stack": {"file": "encoder/model.onnx", "precision": encoder_precision, **_stack_dims(enc_config)},
+            "max_context_tokens": min(max_context_tokens, encoder_positions),
+            "identity": f"{fingerprint[:16]}-{encoder_precision}-{files['encoder/model.onnx']['sha256'][:16]}",
+        },
+        "decoder": {
+            "stack": {"file": "decoder/model.onnx", "precision": precision, **_stack_dims(checkpoint.config)},
+            "vocab_size": checkpoint.config["vocab_size"],
+            "max_positions": checkpoint.config["max_position_embeddings"],
+        },
+        "embeddings": {"dtype": split["embedding_dtype"]},
+        "paths": {
+            "tokenizer": "tokenizer.json",
+            "encoder": "encoder/model.onnx",
+            "projector": "projector.onnx",
+            "decoder": "decoder/model.onnx",
+            "embeddings": "embeddings.npy",
+        },
+        "files": files,
+    }

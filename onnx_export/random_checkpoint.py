@@ -1,0 +1,298 @@
+"""Random-weight Dolphin checkpoints in exactly the layout of NexaAIDev/Dolphin (Squid).
+
+Model hubs are unreachable from tests, CI and benchmarks, so everything that needs a checkpoint
+makes one here: same `config.json` keys, same tensor names, bf16 tensors split over four
+safetensors shards with an index, and a byte-level BPE tokenizer with Qwen2's pre-tokenizer,
+`<|endoftext|>` and the 32 `[memory_i]` tokens. Only the sizes differ (and only when asked to).
+
+This module needs torch, safetensors and tokenizers, and nothing of Nexa's or of transformers,
+so the reference-fixture script can run it under transformers 4.44 as well.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import AddedToken
+
+MEMORY_SIZE = 32
+MEMORY_TOKENS = [f"[memory_{i}]" for i in range(MEMORY_SIZE)]
+SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
+QWEN2_SPLIT_PATTERN = (
+    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
+    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
+)
+SHARD_COUNT = 4
+
+
+@dataclass(frozen=True)
+class Qwen2Shape:
+    """The sizes of one Qwen2 stack; the rest of the config is Qwen2's."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_hidden_layers: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    vocab_size: int
+    max_position_embeddings: int
+    rope_theta: float = 1_000_000.0
+    tie_word_embeddings: bool = False
+
+    @property
+    def head_size(self) -> int:
+        return self.hidden_size // self.num_attention_heads
+
+
+QWEN2_0_5B = Qwen2Shape(896, 4864, 24, 14, 2, 151936, 131072, tie_word_embeddings=True)
+QWEN2_1_5B = Qwen2Shape(1536, 8960, 28, 12, 2, 151936, 131072, tie_word_embeddings=True)
+QWEN2_7B = Qwen2Shape(3584, 18944, 28, 28, 4, 152064, 131072)
+
+# Head sizes are 16 because ONNX Runtime's CPU GroupQueryAttention with fused rotary needs a
+# multiple of 16; the encoder and decoder widths differ so a transposed projector cannot pass.
+TINY_ENCODER = Qwen2Shape(32, 96, 2, 2, 1, 640, 512, tie_word_embeddings=True)
+TINY_DECODER = Qwen2Shape(64, 128, 2, 4, 2, 640, 512)
+
+DECODER_PRESETS = {"tiny": TINY_DECODER, "qwen2-0.5b": QWEN2_0_5B, "qwen2-1.5b": QWEN2_1_5B, "qwen2-7b": QWEN2_7B}
+
+
+def _tokenizer_corpus() -> list[str]:
+    """Real English prose that ships with every Python: the standard library's docstrings."""
+    import argparse as m1
+    import collections as m2
+    import email as m3
+    import json as m4
+    import pathlib as m5
+    import shutil as m6
+    import sqlite3 as m7
+    import subprocess as m8
+    import textwrap as m9
+    import threading as m10
+
+    texts: list[str] = []
+    for module in (m1, m2, m3, m4, m5, m6, m7, m8, m9, m10):
+        texts.append(module.__doc__ or "")
+        for name in sorted(dir(module)):
+            doc = getattr(getattr(module, name), "__doc__", None)
+            if isinstance(doc, str):
+                texts.append(doc)
+    return texts
+
+
+def build_tokenizer(regular_vocab: int = 560) -> Tokenizer:
+    """A small byte-level BPE with Qwen2's normalizer, pre-tokenizer and added tokens."""
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.normalizer = normalizers.NFC()
+    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
+            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
+    )
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=regular_vocab,
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
+    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
+    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MEMORY_TOKENS])
+    return tokenizer
+
+
+def _qwen2_config(shape: Qwen2Shape, eos_id: int) -> dict:
+    return {
+        "architectures": ["Qwen2ForCausalLM"],
+        "attention_dropout": 0.0,
+        "bos_token_id": eos_id,
+        "eos_token_id": eos_id,
+        "hidden_act": "silu",
+        "hidden_size": shape.hidden_size,
+        "initializer_range": 0.02,
+        "intermediate_size": shape.intermediate_size,
+        "max_position_embeddings": shape.max_position_embeddings,
+        "max_window_layers": shape.num_hidden_layers,
+        "model_type": "qwen2",
+        "num_attention_heads": shape.num_attention_heads,
+        "num_hidden_layers": shape.num_hidden_layers,
+        "num_key_value_heads": shape.num_key_value_heads,
+        "rms_norm_eps": 1e-06,
+        "rope_theta": shape.rope_theta,
+        "sliding_window": shape.max_position_embeddings,
+        "tie_word_embeddings": shape.tie_word_embeddings,
+        "torch_dtype": "bfloat16",
+        "use_cache": True,
+        "use_sliding_window": False,
+        "vocab_size": shape.vocab_size,
+    }
+
+
+def dolphin_config(encoder: Qwen2Shape, decoder: Qwen2Shape, eos_id: int) -> dict:
+    """config.json as NexaAIDev/Dolphin writes it: Qwen2 keys plus `encoder_config`."""
+    config = _qwen2_config(decoder, eos_id)
+    config.update(
+        {
+            "_name_or_path": "NexaAIDev/Dolphin",
+            "architectures": ["DolphinForCausalLM"],
+            "model_type": "dolphin",
+            "encoder_config": {**_qwen2_config(encoder, eos_id), "_name_or_path": "Qwen/Qwen2-0.5B"},
+            "transformers_version": "4.44.2",
+        }
+    )
+    return config
+
+
+def _qwen2_tensors(shape: Qwen2Shape, prefix: str, std: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
+    def normal(*dims: int, scale: float = std) -> torch.Tensor:
+        return (torch.randn(*dims, generator=gen) * scale).to(torch.bfloat16)
+
+    def norm_weight(dim: int) -> torch.Tensor:
+        return (1.0 + 0.1 * torch.randn(dim, generator=gen)).to(torch.bfloat16)
+
+    h, kv = shape.hidden_size, shape.num_key_value_heads * shape.head_size
+    tensors = {f"{prefix}embed_tokens.weight": normal(shape.vocab_size, h)}
+    for i in range(shape.num_hidden_layers):
+        p = f"{prefix}layers.{i}."
+        tensors.update(
+            {
+                p + "self_attn.q_proj.weight": normal(h, h),
+                p + "self_attn.q_proj.bias": normal(h),
+                p + "self_attn.k_proj.weight": normal(kv, h),
+                p + "self_attn.k_proj.bias": normal(kv),
+                p + "self_attn.v_proj.weight": normal(kv, h),
+                p + "self_attn.v_proj.bias": normal(kv),
+                p + "self_attn.o_proj.weight": normal(h, h),
+                p + "mlp.gate_proj.weight": normal(shape.intermediate_size, h),
+                p + "mlp.up_proj.weight": normal(shape.intermediate_size, h),
+                p + "mlp.down_proj.weight": normal(h, shape.intermediate_size),
+                p + "input_layernorm.weight": norm_weight(h),
+                p + "post_attention_layernorm.weight": norm_weight(h),
+            }
+        )
+    tensors[f"{prefix}norm.weight"] = norm_weight(h)
+    return tensors
+
+
+def write_checkpoint(
+    out_dir: Path,
+    encoder: Qwen2Shape = TINY_ENCODER,
+    decoder: Qwen2Shape = TINY_DECODER,
+    seed: int = 0,
+    weight_std: float | None = None,
+) -> Path:
+    """Write a random Dolphin checkpoint (config, 4 bf16 shards + index, tokenizer) to `out_dir`.
+
+    `weight_std` defaults to 1/sqrt(width), large enough that greedy choices of the tiny model are
+    not near-ties, so token-level parity tests mean something. The lm_head row of
+    `<|endoftext|>` is zeroed so that greedy continuations run their full length.
+    """
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer()
+    eos_id = tokenizer.token_to_id("<|endoftext|>")
+    if tokenizer.get_vocab_size() > min(encoder.vocab_size, decoder.vocab_size):
+        raise ValueError("tokenizer is larger than the embedding tables")
+    gen = torch.Generator().manual_seed(seed)
+
+    dec_std = weight_std or 1.0 / math.sqrt(decoder.hidden_size)
+    enc_std = weight_std or 1.0 / math.sqrt(encoder.hidden_size)
+    decoder_tensors = _qwen2_tensors(decoder, "model.", dec_std, gen)
+    lm_head = (torch.randn(decoder.vocab_size, decoder.hidden_size, generator=gen) * 4 * dec_std).to(torch.bfloat16)
+    lm_head[eos_id] = 0
+    decoder_tensors["lm_head.weight"] = lm_head
+    encoder_tensors = _qwen2_tensors(encoder, "model.context_encoder.encoder.model.", enc_std, gen)
+    projector = {
+        "model.context_encoder.projector.context_projection.weight": (
+            torch.randn(decoder.hidden_size, encoder.hidden_size, generator=gen) / math.sqrt(encoder.hidden_size)
+        ).to(torch.bfloat16),
+        "model.context_encoder.projector.context_projection.bias": (
+            torch.randn(decoder.hidden_size, generator=gen) * 0.1
+        ).to(torch.bfloat16),
+    }
+    all_tensors = {**decoder_tensors, **encoder_tensors, **projector}
+
+    names = list(all_tensors)
+    total = sum(t.numel() * t.element_size() for t in all_tensors.values())
+    target = total / SHARD_COUNT
+    shards: list[list[str]] = [[]]
+    size = 0
+    for name in names:
+        if size >= target * len(shards) and len(shards) < SHARD_COUNT:
+            shards.append([])
+        shards[-1].append(name)
+        size += all_tensors[name].numel() * all_tensors[name].element_size()
+    while len(shards) < SHARD_COUNT:
+        shards.append([shards[-2].pop()])
+
+    weight_map: dict[str, str] = {}
+    for index, shard in enumerate(shards, start=1):
+        file_name = f"model-{index:05d}-of-{SHARD_COUNT:05d}.safetensors"
+        save_file({n: all_tensors[n].contiguous() for n in shard}, str(out_dir / file_name), metadata={"format": "pt"})
+        weight_map.update({n: file_name for n in shard})
+    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
+    (out_dir / "config.json").write_text(json.dumps(dolphin_config(encoder, decoder, eos_id), indent=2))
+    (out_dir / "generation_config.json").write_text(
+        json.dumps({"bos_token_id": eos_id, "eos_token_id": eos_id, "do_sample": False}, indent=2)
+    )
+    _write_tokenizer_files(tokenizer, out_dir)
+    return out_dir
+
+
+def _write_tokenizer_files(tokenizer: Tokenizer, out_dir: Path) -> None:
+    tokenizer.save(str(out_dir / "tokenizer.json"))
+    tokenizer.model.save(str(out_dir))
+    added = {
+        str(tokenizer.token_to_id(t)): {
+            "content": t,
+            "lstrip": False,
+            "normalized": False,
+            "rstrip": False,
+            "single_word": False,
+            "special": t in SPECIAL_TOKENS,
+        }
+        for t in SPECIAL_TOKENS + MEMORY_TOKENS
+    }
+    config = {
+        "add_prefix_space": False,
+        "added_tokens_decoder": added,
+        "additional_special_tokens": ["<|im_start|>", "<|im_end|>"],
+        "bos_token": None,
+        "clean_up_tokenization_spaces": False,
+        "eos_token": "<|endoftext|>",
+        "errors": "replace",
+        "model_max_length": 32768,
+        "pad_token": "<|endoftext|>",
+        "split_special_tokens": False,
+        "tokenizer_class": "Qwen2Tokenizer",
+        "unk_token": None,
+    }
+    (out_dir / "tokenizer_config.json").write_text(json.dumps(config, indent=2))
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Write a random-weight Dolphin checkpoint in the real layout.")
+    parser.add_argument("out", type=Path)
+    parser.add_argument("--decoder", choices=sorted(DECODER_PRESETS), default="tiny")
+    parser.add_argument("--encoder", choices=["tiny", "qwen2-0.5b"], default="tiny")
+    parser.add_argument("--layers", type=int, help="override the decoder's layer count (benchmarks)")
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    decoder = DECODER_PRESETS[args.decoder]
+    if args.layers:
+        decoder = replace(decoder, num_hidden_layers=args.layers)
+    encoder = TINY_ENCODER if args.encoder == "tiny" else QWEN2_0_5B
+    write_checkpoint(args.out, encoder=encoder, decoder=decoder, seed=args.seed)
+    print(args.out)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
