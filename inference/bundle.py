@@ -134,9 +134,7 @@ def load_manifest(root: Path, verify_hashes: bool = False) -> Manifest:
             raise BundleError(f"bundle file {rel_path} is missing: convert the model again or copy the whole folder")
         size = path.stat().st_size
         if size != expected["bytes"]:
-            raise BundleError(
-                f"bundle file {rel_path} is corrupt: {size:,} bytes, expected {expected['bytes']:,}"
-            )
+            raise BundleError(f"bundle file {rel_path} is corrupt: {size:,} bytes, expected {expected['bytes']:,}")
         if verify_hashes and file_digest(path) != expected["sha256"]:
             raise BundleError(f"bundle file {rel_path} is corrupt: its checksum does not match")
     try:

@@ -54,6 +54,9 @@ class Decoder:
         self._session.run_with_iobinding(binding)
         outputs = binding.get_outputs()
         logits = outputs[0].numpy()
-        state.past = {n.replace("present.", "past_key_values.", 1): v for n, v in zip(self._present_names, outputs[1:])}
+        state.past = {
+            n.replace("present.", "past_key_values.", 1): v
+            for n, v in zip(self._present_names, outputs[1:], strict=True)
+        }
         state.length = total
         return np.asarray(logits[0, -1], dtype=np.float32)

@@ -34,15 +34,13 @@ def memory_starts(ids: np.ndarray) -> np.ndarray:
     return np.nonzero(mask[:-1] < mask[1:])[0]
 
 
-def splice(
-    ids: np.ndarray, embed: Callable[[np.ndarray], np.ndarray], memories: Sequence[np.ndarray]
-) -> np.ndarray:
+def splice(ids: np.ndarray, embed: Callable[[np.ndarray], np.ndarray], memories: Sequence[np.ndarray]) -> np.ndarray:
     """inputs_embeds [len(ids), hidden] with memory i written over run i."""
     embeds = embed(np.maximum(ids, 0))
     starts = memory_starts(ids)
     if len(starts) != len(memories):
         raise ValueError(f"prompt has {len(starts)} memory slots but {len(memories)} memories were given")
-    for start, memory in zip(starts, memories):
+    for start, memory in zip(starts, memories, strict=True):
         if start + len(memory) <= len(ids):
             embeds[start : start + len(memory)] = memory
     return embeds

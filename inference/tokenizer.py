@@ -32,7 +32,9 @@ class DolphinTokenizer:
     def __init__(self, path: Path) -> None:
         self._tokenizer = Tokenizer.from_file(str(path))
         reserved = [t.content for t in self._tokenizer.get_added_tokens_decoder().values()]
-        self._reserved = re.compile("|".join(re.escape(t) for t in sorted({*reserved, CONTEXT_MARKER}, key=len, reverse=True)))
+        self._reserved = re.compile(
+            "|".join(re.escape(t) for t in sorted({*reserved, CONTEXT_MARKER}, key=len, reverse=True))
+        )
 
     def clean(self, text: str) -> CleanText:
         """User text with every reserved token string removed."""

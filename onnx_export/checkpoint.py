@@ -105,11 +105,15 @@ def resolve_source(source: str) -> tuple[Path, str]:
     try:
         from huggingface_hub import snapshot_download
     except ImportError:
-        raise CheckpointError(f"{source} is not a folder, and huggingface_hub is not installed to download it") from None
+        raise CheckpointError(
+            f"{source} is not a folder, and huggingface_hub is not installed to download it"
+        ) from None
     try:
         return Path(snapshot_download(source)), source
     except Exception as exc:  # noqa: BLE001 - any hub failure becomes one readable line
-        raise CheckpointError(f"could not download {source}: {type(exc).__name__}: {str(exc).splitlines()[0]}") from None
+        raise CheckpointError(
+            f"could not download {source}: {type(exc).__name__}: {str(exc).splitlines()[0]}"
+        ) from None
 
 
 def open_checkpoint(source: str) -> DolphinCheckpoint:
@@ -140,7 +144,10 @@ def open_checkpoint(source: str) -> DolphinCheckpoint:
         raise CheckpointError(f"{root} has no model.safetensors.index.json or model.safetensors")
     missing = [f for f in files if not (root / f).exists()]
     if missing:
-        raise CheckpointError(f"shard {missing[0]} is missing from {root}" + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else ""))
+        raise CheckpointError(
+            f"shard {missing[0]} is missing from {root}"
+            + (f" (and {len(missing) - 1} more)" if len(missing) > 1 else "")
+        )
 
     tensors: dict[str, TensorInfo] = {}
     for file_name in files:

@@ -98,7 +98,9 @@ def split_checkpoint(checkpoint: DolphinCheckpoint, work: Path, bundle: Path, pr
                 elif name.startswith(ENCODER_PREFIX):
                     outputs[enc_dir]["model." + name.removeprefix(ENCODER_PREFIX)] = reader.get_tensor(name)
                 elif name.startswith("model.context_encoder."):
-                    raise ConversionError(f"unexpected tensor {name}: this checkpoint's context encoder is not Dolphin's")
+                    raise ConversionError(
+                        f"unexpected tensor {name}: this checkpoint's context encoder is not Dolphin's"
+                    )
                 else:
                     tensor = reader.get_tensor(name)
                     if name == "model.embed_tokens.weight":
@@ -157,12 +159,17 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, opti
         "-c", str(hf_dir.parent / "cache"),
         "--extra_options", *[f"{k}={v}" for k, v in builder_options.items()],
     ]  # fmt: skip
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")])}
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
     with log.open("ab") as log_file:
         result = subprocess.run(command, stdout=log_file, stderr=subprocess.STDOUT, env=env, check=False)
     if result.returncode != 0 or not (out_dir / "model.onnx").exists():
         tail = log.read_text(errors="replace").strip().splitlines()[-1:] or ["no output"]
-        raise ConversionError(f"the ONNX Runtime GenAI builder failed on {hf_dir.name} ({tail[0][:300]}); full log: {log}")
+        raise ConversionError(
+            f"the ONNX Runtime GenAI builder failed on {hf_dir.name} ({tail[0][:300]}); full log: {log}"
+        )
 
 
 def _keep_onnx_only(folder: Path) -> None:
@@ -205,7 +212,9 @@ def convert(
         split = split_checkpoint(checkpoint, work, staging, progress)
         log = staging / "convert.log"
         progress(f"exporting the memory encoder ({encoder_precision})")
-        run_builder(work / "encoder-hf", staging / "encoder", encoder_precision, provider, {"exclude_lm_head": "true"}, log)
+        run_builder(
+            work / "encoder-hf", staging / "encoder", encoder_precision, provider, {"exclude_lm_head": "true"}, log
+        )
         progress(f"exporting the decoder ({precision})")
         run_builder(
             work / "decoder-hf", staging / "decoder", precision, provider,
@@ -238,9 +247,8 @@ def _manifest(
     max_context_tokens: int,
     split: dict,
 ) -> dict:
-    from tokenizers import Tokenizer
-
     import onnxruntime_genai
+    from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
     memory_ids = [tokenizer.token_to_id(t) for t in MEMORY_TOKENS]

@@ -19,8 +19,7 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
-from tokenizers import AddedToken
+from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
 
 MEMORY_SIZE = 32
 MEMORY_TOKENS = [f"[memory_{i}]" for i in range(MEMORY_SIZE)]

@@ -1,0 +1,44 @@
+"""`dolphin-desk convert` / `python -m onnx_export`: arguments here, torch only once it runs."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+CONVERTER_MISSING = (
+    "converting needs the converter's packages (torch, transformers, onnx, onnxruntime-genai): "
+    "run  pip install torch==2.13.0 -e '.[convert]'  in the app's environment"
+)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("source", help="a Dolphin checkpoint folder, or a hub id (NexaAIDev/Dolphin, NexaAIDev/Squid)")
+    parser.add_argument("out", type=Path, help="the bundle folder to write")
+    parser.add_argument("--precision", choices=["int4", "fp16", "fp32"], default="int4")
+    parser.add_argument("--encoder-precision", choices=["int4", "fp16", "fp32"], help="default: --precision")
+    parser.add_argument("--provider", choices=["auto", "cpu", "dml", "cuda"], default="auto")
+    parser.add_argument("--max-context-tokens", type=int, default=2048, help="text tokens one memory may hold")
+    parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+
+
+def run(args: argparse.Namespace) -> int:
+    try:
+        from onnx_export.convert import convert
+    except ImportError as exc:
+        raise SystemExit(f"dolphin-desk: error: {CONVERTER_MISSING} ({exc.name} is missing)") from None
+    from inference.providers import default_provider
+
+    provider = default_provider() if args.provider == "auto" else args.provider
+    convert(
+        args.source,
+        args.out,
+        precision=args.precision,
+        provider=provider,
+        encoder_precision=args.encoder_precision,
+        max_context_tokens=args.max_context_tokens,
+        force=args.force,
+        progress=lambda message: print(f"convert: {message}", file=sys.stderr, flush=True),
+    )
+    print(args.out.resolve())
+    return 0

@@ -1,0 +1,83 @@
+"""Shared fixtures: bundles converted by the project's own converter from the committed tiny
+Dolphin checkpoint, and the reference outputs Nexa's code produced from it."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+FIXTURES = Path(__file__).resolve().parent / "fixtures"
+CHECKPOINT = FIXTURES / "tiny-dolphin"
+REFERENCE = FIXTURES / "reference"
+
+
+@pytest.fixture(scope="session")
+def reference() -> dict:
+    meta = json.loads((REFERENCE / "cases.json").read_text(encoding="utf-8"))
+    with np.load(REFERENCE / "reference.npz") as arrays:
+        meta["arrays"] = {k: arrays[k] for k in arrays.files}
+    meta["by_name"] = {case["name"]: case for case in meta["cases"]}
+    return meta
+
+
+@pytest.fixture(scope="session")
+def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    from onnx_export.convert import convert
+
+    return convert(str(CHECKPOINT), tmp_path_factory.mktemp("bundles") / "tiny-fp32", precision="fp32", provider="cpu")
+
+
+@pytest.fixture(scope="session")
+def int4_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Made through `python -m onnx_export`, the command-line path a user takes."""
+    out = tmp_path_factory.mktemp("bundles") / "tiny-int4"
+    result = subprocess.run(
+        [sys.executable, "-m", "onnx_export", str(CHECKPOINT), str(out), "--provider", "cpu"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    return out
+
+
+@pytest.fixture(scope="session")
+def fp32_model(fp32_bundle: Path):  # noqa: ANN201
+    from inference import DolphinModel
+
+    return DolphinModel.load(fp32_bundle)
+
+
+@pytest.fixture
+def bundle_copy(fp32_bundle: Path, tmp_path: Path) -> Path:
+    """A private copy of the fp32 bundle that a test may damage."""
+    return Path(shutil.copytree(fp32_bundle, tmp_path / "bundle"))
+
+
+@pytest.fixture
+def report(request: pytest.FixtureRequest):  # noqa: ANN201
+    """Write a line into the test run's output (figures that are reported, not asserted)."""
+    reporter = request.config.pluginmanager.getplugin("terminalreporter")
+
+    def write(line: str) -> None:
+        if reporter is not None:
+            reporter.write_line(f"[report] {line}")
+
+    return write
+
+
+def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    """`dolphin-desk ARGS` in a child process, as a user runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    return subprocess.run(
+        [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, check=False
+    )
