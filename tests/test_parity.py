@@ -11,7 +11,9 @@ TOLERANCE = 1e-4
 NEAR_TIE = 2 * TOLERANCE
 
 
-def _compare_greedy(stream_logits: list[np.ndarray], stream_tokens: list[int], case: dict, ref_logits: np.ndarray) -> int:
+def _compare_greedy(
+    stream_logits: list[np.ndarray], stream_tokens: list[int], case: dict, ref_logits: np.ndarray
+) -> int:
     """Compare step by step until the reference's first near-tie; return the steps compared."""
     compared = 0
     for step, margin in enumerate(case["greedy_margins"]):
@@ -66,7 +68,9 @@ def test_two_different_memories(fp32_model, reference) -> None:
     memories = [fp32_model.encode(text) for text in case["contexts"]]
     stream = fp32_model.answer(case["question"], memories, GenerationSettings(max_new_tokens=1), record_logits=True)
     stream.run()
-    np.testing.assert_allclose(stream.logits[0], reference["arrays"]["two_memories_last_logits"], atol=TOLERANCE, rtol=0)
+    np.testing.assert_allclose(
+        stream.logits[0], reference["arrays"]["two_memories_last_logits"], atol=TOLERANCE, rtol=0
+    )
 
 
 def test_int4_bundle_converts_loads_and_answers(int4_bundle, fp32_model, reference, report) -> None:
@@ -85,5 +89,7 @@ def test_int4_bundle_converts_loads_and_answers(int4_bundle, fp32_model, referen
         reference_logits = reference["arrays"][f"case{index}_step_logits"][: len(stream.logits)]
         total += len(reference_logits)
         agree += int(sum(np.argmax(a) == np.argmax(b) for a, b in zip(stream.logits, reference_logits, strict=True)))
-    report(f"int4 vs fp32 reference, top-1 agreement on the fixtures: {agree}/{total} ({agree / total:.0%}); "
-           "random weights make int4 logits flat, so this is a sanity figure, not a bar")
+    report(
+        f"int4 vs fp32 reference, top-1 agreement on the fixtures: {agree}/{total} ({agree / total:.0%}); "
+        "random weights make int4 logits flat, so this is a sanity figure, not a bar"
+    )
