@@ -51,7 +51,7 @@ def int4_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def fp32_model(fp32_bundle: Path):  # noqa: ANN201
+def fp32_model(fp32_bundle: Path):
     from inference import DolphinModel
 
     return DolphinModel.load(fp32_bundle)
@@ -64,13 +64,14 @@ def bundle_copy(fp32_bundle: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def report(request: pytest.FixtureRequest):  # noqa: ANN201
+def report(request: pytest.FixtureRequest):
     """Write a line into the test run's output (figures that are reported, not asserted)."""
     reporter = request.config.pluginmanager.getplugin("terminalreporter")
+    capture = request.config.pluginmanager.getplugin("capturemanager")
 
     def write(line: str) -> None:
-        if reporter is not None:
-            reporter.write_line(f"[report] {line}")
+        with capture.global_and_fixture_disabled():
+            reporter.write_line(f"\n[report] {line}")
 
     return write
 
