@@ -28,6 +28,7 @@ from safetensors.torch import save_file
 
 from inference.bundle import FORMAT_VERSION, MANIFEST_NAME, describe_files
 from onnx_export.checkpoint import ENCODER_PREFIX, PROJECTOR_PREFIX, DolphinCheckpoint, open_checkpoint
+from onnx_export.quantize import quantize_int4
 from onnx_export.random_checkpoint import MEMORY_TOKENS
 
 PRECISIONS = ("int4", "fp16", "fp32")
@@ -172,6 +173,22 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, opti
         )
 
 
+def export_stack(
+    hf_dir: Path, out_dir: Path, precision: str, provider: str, options: dict[str, str], log: Path
+) -> None:
+    """One Qwen2 stack to ONNX. CPU int4 goes through an fp32 export and the streaming quantizer,
+    which needs about one weight matrix of RAM where the builder's own int4 pass needs ~4x the
+    model; GPU bundles keep the builder's path (their I/O is fp16)."""
+    if precision != "int4" or provider != "cpu":
+        run_builder(hf_dir, out_dir, precision, provider, options, log)
+        return
+    fp32_dir = out_dir.with_name(out_dir.name + "-fp32")
+    run_builder(hf_dir, fp32_dir, "fp32", provider, options, log)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    quantize_int4(fp32_dir / "model.onnx", out_dir / "model.onnx")
+    shutil.rmtree(fp32_dir)
+
+
 def _keep_onnx_only(folder: Path) -> None:
     """The builder also writes its own tokenizer and genai_config; the bundle has one of each."""
     for path in folder.iterdir():
@@ -212,14 +229,12 @@ def convert(
         split = split_checkpoint(checkpoint, work, staging, progress)
         log = staging / "convert.log"
         progress(f"exporting the memory encoder ({encoder_precision})")
-        run_builder(
+        export_stack(
             work / "encoder-hf", staging / "encoder", encoder_precision, provider, {"exclude_lm_head": "true"}, log
         )
         progress(f"exporting the decoder ({precision})")
-        run_builder(
-            work / "decoder-hf", staging / "decoder", precision, provider,
-            {"exclude_embeds": "true", "prune_lm_head": "true"}, log,
-        )  # fmt: skip
+        decoder_options = {"exclude_embeds": "true", "prune_lm_head": "true"}
+        export_stack(work / "decoder-hf", staging / "decoder", precision, provider, decoder_options, log)
         for folder in ("encoder", "decoder"):
             _keep_onnx_only(staging / folder)
         shutil.copy2(checkpoint.root / "tokenizer.json", staging / "tokenizer.json")
@@ -236,6 +251,19 @@ def convert(
         raise
     progress(f"done in {time.monotonic() - started:.1f} s: {out}")
     return out
+
+
+def _peak_rss_mb() -> dict[str, int]:
+    """Peak resident memory of the converter itself and of its largest builder child."""
+    try:
+        import resource
+    except ImportError:  # Windows
+        return {}
+    scale = 1 / 1024 if sys.platform != "darwin" else 1 / 1024 / 1024
+    return {
+        "converter": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale),
+        "builder": int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale),
+    }
 
 
 def _manifest(
@@ -272,6 +300,7 @@ def _manifest(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "rope_tables": "bf16-rounded, as the reference runs them",
+            "peak_rss_mb": _peak_rss_mb(),
         },
         "tokenizer": {"eos_token_id": int(eos_id), "memory_token_ids": memory_ids},
         "encoder": {

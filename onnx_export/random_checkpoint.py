@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -59,7 +60,13 @@ QWEN2_7B = Qwen2Shape(3584, 18944, 28, 28, 4, 152064, 131072)
 TINY_ENCODER = Qwen2Shape(32, 96, 2, 2, 1, 640, 512, tie_word_embeddings=True)
 TINY_DECODER = Qwen2Shape(64, 128, 2, 4, 2, 640, 512)
 
-DECODER_PRESETS = {"tiny": TINY_DECODER, "qwen2-0.5b": QWEN2_0_5B, "qwen2-1.5b": QWEN2_1_5B, "qwen2-7b": QWEN2_7B}
+# Dolphin's decoder has its own lm_head; the benchmark decoders keep that even at 0.5B/1.5B sizes.
+DECODER_PRESETS = {
+    "tiny": TINY_DECODER,
+    "qwen2-0.5b": replace(QWEN2_0_5B, tie_word_embeddings=False),
+    "qwen2-1.5b": replace(QWEN2_1_5B, tie_word_embeddings=False),
+    "qwen2-7b": QWEN2_7B,
+}
 
 
 def _tokenizer_corpus() -> list[str]:
@@ -149,35 +156,64 @@ def dolphin_config(encoder: Qwen2Shape, decoder: Qwen2Shape, eos_id: int) -> dic
     return config
 
 
-def _qwen2_tensors(shape: Qwen2Shape, prefix: str, std: float, gen: torch.Generator) -> dict[str, torch.Tensor]:
-    def normal(*dims: int, scale: float = std) -> torch.Tensor:
-        return (torch.randn(*dims, generator=gen) * scale).to(torch.bfloat16)
+TensorSpec = tuple[str, tuple[int, ...], Callable[[torch.Generator], torch.Tensor]]
 
-    def norm_weight(dim: int) -> torch.Tensor:
-        return (1.0 + 0.1 * torch.randn(dim, generator=gen)).to(torch.bfloat16)
 
-    h, kv = shape.hidden_size, shape.num_key_value_heads * shape.head_size
-    tensors = {f"{prefix}embed_tokens.weight": normal(shape.vocab_size, h)}
+def _normal(shape: tuple[int, ...], std: float) -> Callable[[torch.Generator], torch.Tensor]:
+    return lambda gen: (torch.randn(*shape, generator=gen) * std).to(torch.bfloat16)
+
+
+def _norm_weight(dim: int) -> Callable[[torch.Generator], torch.Tensor]:
+    return lambda gen: (1.0 + 0.1 * torch.randn(dim, generator=gen)).to(torch.bfloat16)
+
+
+def _qwen2_specs(shape: Qwen2Shape, prefix: str, std: float) -> list[TensorSpec]:
+    h, kv, ffn = shape.hidden_size, shape.num_key_value_heads * shape.head_size, shape.intermediate_size
+    specs: list[TensorSpec] = [
+        (f"{prefix}embed_tokens.weight", (shape.vocab_size, h), _normal((shape.vocab_size, h), std))
+    ]
     for i in range(shape.num_hidden_layers):
         p = f"{prefix}layers.{i}."
-        tensors.update(
-            {
-                p + "self_attn.q_proj.weight": normal(h, h),
-                p + "self_attn.q_proj.bias": normal(h),
-                p + "self_attn.k_proj.weight": normal(kv, h),
-                p + "self_attn.k_proj.bias": normal(kv),
-                p + "self_attn.v_proj.weight": normal(kv, h),
-                p + "self_attn.v_proj.bias": normal(kv),
-                p + "self_attn.o_proj.weight": normal(h, h),
-                p + "mlp.gate_proj.weight": normal(shape.intermediate_size, h),
-                p + "mlp.up_proj.weight": normal(shape.intermediate_size, h),
-                p + "mlp.down_proj.weight": normal(h, shape.intermediate_size),
-                p + "input_layernorm.weight": norm_weight(h),
-                p + "post_attention_layernorm.weight": norm_weight(h),
-            }
-        )
-    tensors[f"{prefix}norm.weight"] = norm_weight(h)
-    return tensors
+        for name, dims in (
+            ("self_attn.q_proj.weight", (h, h)),
+            ("self_attn.q_proj.bias", (h,)),
+            ("self_attn.k_proj.weight", (kv, h)),
+            ("self_attn.k_proj.bias", (kv,)),
+            ("self_attn.v_proj.weight", (kv, h)),
+            ("self_attn.v_proj.bias", (kv,)),
+            ("self_attn.o_proj.weight", (h, h)),
+            ("mlp.gate_proj.weight", (ffn, h)),
+            ("mlp.up_proj.weight", (ffn, h)),
+            ("mlp.down_proj.weight", (h, ffn)),
+        ):
+            specs.append((p + name, dims, _normal(dims, std)))
+        specs += [(p + n, (h,), _norm_weight(h)) for n in ("input_layernorm.weight", "post_attention_layernorm.weight")]
+    specs.append((f"{prefix}norm.weight", (h,), _norm_weight(h)))
+    return specs
+
+
+def _dolphin_specs(encoder: Qwen2Shape, decoder: Qwen2Shape, eos_id: int, weight_std: float | None) -> list[TensorSpec]:
+    dec_std = weight_std or 1.0 / math.sqrt(decoder.hidden_size)
+    enc_std = weight_std or 1.0 / math.sqrt(encoder.hidden_size)
+    vocab, width = decoder.vocab_size, decoder.hidden_size
+
+    def lm_head(gen: torch.Generator) -> torch.Tensor:
+        weight = (torch.randn(vocab, width, generator=gen) * 4 * dec_std).to(torch.bfloat16)
+        weight[eos_id] = 0
+        return weight
+
+    projection = "model.context_encoder.projector.context_projection."
+    return [
+        *_qwen2_specs(decoder, "model.", dec_std),
+        ("lm_head.weight", (vocab, width), lm_head),
+        *_qwen2_specs(encoder, "model.context_encoder.encoder.model.", enc_std),
+        (
+            projection + "weight",
+            (width, encoder.hidden_size),
+            _normal((width, encoder.hidden_size), 1 / math.sqrt(encoder.hidden_size)),
+        ),
+        (projection + "bias", (width,), _normal((width,), 0.1)),
+    ]
 
 
 def write_checkpoint(
@@ -191,51 +227,36 @@ def write_checkpoint(
 
     `weight_std` defaults to 1/sqrt(width), large enough that greedy choices of the tiny model are
     not near-ties, so token-level parity tests mean something. The lm_head row of
-    `<|endoftext|>` is zeroed so that greedy continuations run their full length.
+    `<|endoftext|>` is zeroed so that greedy continuations run their full length. Tensors are
+    made one shard at a time, so a 7B-shaped checkpoint needs about one shard of RAM.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
     tokenizer = build_tokenizer()
     eos_id = tokenizer.token_to_id("<|endoftext|>")
     if tokenizer.get_vocab_size() > min(encoder.vocab_size, decoder.vocab_size):
         raise ValueError("tokenizer is larger than the embedding tables")
-    gen = torch.Generator().manual_seed(seed)
-
-    dec_std = weight_std or 1.0 / math.sqrt(decoder.hidden_size)
-    enc_std = weight_std or 1.0 / math.sqrt(encoder.hidden_size)
-    decoder_tensors = _qwen2_tensors(decoder, "model.", dec_std, gen)
-    lm_head = (torch.randn(decoder.vocab_size, decoder.hidden_size, generator=gen) * 4 * dec_std).to(torch.bfloat16)
-    lm_head[eos_id] = 0
-    decoder_tensors["lm_head.weight"] = lm_head
-    encoder_tensors = _qwen2_tensors(encoder, "model.context_encoder.encoder.model.", enc_std, gen)
-    projector = {
-        "model.context_encoder.projector.context_projection.weight": (
-            torch.randn(decoder.hidden_size, encoder.hidden_size, generator=gen) / math.sqrt(encoder.hidden_size)
-        ).to(torch.bfloat16),
-        "model.context_encoder.projector.context_projection.bias": (
-            torch.randn(decoder.hidden_size, generator=gen) * 0.1
-        ).to(torch.bfloat16),
-    }
-    all_tensors = {**decoder_tensors, **encoder_tensors, **projector}
-
-    names = list(all_tensors)
-    total = sum(t.numel() * t.element_size() for t in all_tensors.values())
-    target = total / SHARD_COUNT
-    shards: list[list[str]] = [[]]
-    size = 0
-    for name in names:
-        if size >= target * len(shards) and len(shards) < SHARD_COUNT:
+    specs = _dolphin_specs(encoder, decoder, eos_id, weight_std)
+    sizes = [2 * math.prod(dims) for _, dims, _ in specs]
+    target = sum(sizes) / SHARD_COUNT
+    shards: list[list[int]] = [[]]
+    written = 0
+    for index, size in enumerate(sizes):
+        if written >= target * len(shards) and len(shards) < SHARD_COUNT:
             shards.append([])
-        shards[-1].append(name)
-        size += all_tensors[name].numel() * all_tensors[name].element_size()
+        shards[-1].append(index)
+        written += size
     while len(shards) < SHARD_COUNT:
         shards.append([shards[-2].pop()])
 
+    gen = torch.Generator().manual_seed(seed)
     weight_map: dict[str, str] = {}
-    for index, shard in enumerate(shards, start=1):
-        file_name = f"model-{index:05d}-of-{SHARD_COUNT:05d}.safetensors"
-        save_file({n: all_tensors[n].contiguous() for n in shard}, str(out_dir / file_name), metadata={"format": "pt"})
-        weight_map.update({n: file_name for n in shard})
-    index_json = {"metadata": {"total_size": total}, "weight_map": weight_map}
+    for number, shard in enumerate(shards, start=1):
+        file_name = f"model-{number:05d}-of-{SHARD_COUNT:05d}.safetensors"
+        tensors = {specs[i][0]: specs[i][2](gen).contiguous() for i in shard}
+        save_file(tensors, str(out_dir / file_name), metadata={"format": "pt"})
+        weight_map.update({name: file_name for name in tensors})
+        del tensors
+    index_json = {"metadata": {"total_size": sum(sizes)}, "weight_map": weight_map}
     (out_dir / "model.safetensors.index.json").write_text(json.dumps(index_json, indent=2))
     (out_dir / "config.json").write_text(json.dumps(dolphin_config(encoder, decoder, eos_id), indent=2))
     (out_dir / "generation_config.json").write_text(

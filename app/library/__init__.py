@@ -1,0 +1,1 @@
+"""The memory library: folders -> documents -> chunks -> memories, and retrieval. No Qt here."""

@@ -1,0 +1,378 @@
+"""SQLite store of folders, documents, chunks, memories and the full-text index.
+
+One writer at a time (the indexer thread or a command); WAL lets readers (status, retrieval, the
+UI) read while it writes. Every document's chunks are replaced in one transaction, so a crash
+leaves either the old or the new version, never half of one. Memories are keyed by
+(chunk text hash, encoder identity): renames, moves and duplicate files never re-run the encoder,
+and a different model bundle never mixes its memories in.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import threading
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+SCHEMA_VERSION = 1
+DB_NAME = "library.sqlite3"
+
+STATES = ("pending", "indexing", "ready", "failed", "skipped")
+
+_MIGRATIONS: dict[int, str] = {
+    1: """
+    CREATE TABLE folders (
+        id INTEGER PRIMARY KEY,
+        path TEXT NOT NULL UNIQUE,
+        include_patterns TEXT,
+        exclude_patterns TEXT,
+        added_at REAL NOT NULL
+    );
+    CREATE TABLE documents (
+        id INTEGER PRIMARY KEY,
+        folder_id INTEGER NOT NULL REFERENCES folders(id) ON DELETE CASCADE,
+        path TEXT NOT NULL UNIQUE,
+        size INTEGER,
+        mtime REAL,
+        content_hash TEXT,
+        state TEXT NOT NULL CHECK (state IN ('pending', 'indexing', 'ready', 'failed', 'skipped')),
+        error TEXT,
+        chunk_count INTEGER NOT NULL DEFAULT 0,
+        priority INTEGER NOT NULL DEFAULT 1,
+        updated_at REAL NOT NULL
+    );
+    CREATE INDEX documents_folder ON documents(folder_id);
+    CREATE INDEX documents_state ON documents(state, priority);
+    CREATE TABLE chunks (
+        id INTEGER PRIMARY KEY,
+        document_id INTEGER NOT NULL REFERENCES documents(id) ON DELETE CASCADE,
+        ordinal INTEGER NOT NULL,
+        text TEXT NOT NULL,
+        char_start INTEGER NOT NULL,
+        char_end INTEGER NOT NULL,
+        page INTEGER,
+        token_count INTEGER NOT NULL,
+        text_hash TEXT NOT NULL
+    );
+    CREATE INDEX chunks_document ON chunks(document_id);
+    CREATE INDEX chunks_hash ON chunks(text_hash);
+    CREATE TABLE memories (
+        text_hash TEXT NOT NULL,
+        encoder TEXT NOT NULL,
+        states BLOB NOT NULL,
+        rows INTEGER NOT NULL,
+        cols INTEGER NOT NULL,
+        token_count INTEGER NOT NULL,
+        PRIMARY KEY (text_hash, encoder)
+    ) WITHOUT ROWID;
+    CREATE VIRTUAL TABLE chunks_fts USING fts5(text, content='chunks', content_rowid='id', tokenize='porter unicode61');
+    CREATE TRIGGER chunks_fts_insert AFTER INSERT ON chunks BEGIN
+        INSERT INTO chunks_fts(rowid, text) VALUES (new.id, new.text);
+    END;
+    CREATE TRIGGER chunks_fts_delete AFTER DELETE ON chunks BEGIN
+        INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
+    END;
+    """,
+}
+
+
+class StoreError(Exception):
+    """The library database cannot be used (newer schema, unwritable, disk full); one line."""
+
+
+@dataclass(frozen=True)
+class Folder:
+    id: int
+    path: Path
+    include_patterns: list[str] | None
+    exclude_patterns: list[str] | None
+
+
+@dataclass(frozen=True)
+class Document:
+    id: int
+    folder_id: int
+    path: Path
+    size: int | None
+    mtime: float | None
+    content_hash: str | None
+    state: str
+    error: str | None
+    chunk_count: int
+
+
+@dataclass(frozen=True)
+class ChunkRecord:
+    ordinal: int
+    text: str
+    char_start: int
+    char_end: int
+    page: int | None
+    token_count: int
+    text_hash: str
+
+
+@dataclass(frozen=True)
+class StoredChunk:
+    id: int
+    document_path: Path
+    text: str
+    char_start: int
+    char_end: int
+    page: int | None
+    token_count: int
+    text_hash: str
+    score: float = 0.0
+
+
+def _split_patterns(value: str | None) -> list[str] | None:
+    return None if value is None else [p for p in value.split("\n") if p]
+
+
+def _join_patterns(patterns: Iterable[str] | None) -> str | None:
+    return None if patterns is None else "\n".join(patterns)
+
+
+def describe_sqlite_error(exc: sqlite3.Error, db_path: Path) -> str:
+    text = str(exc)
+    if "full" in text:
+        return f"the disk holding {db_path.parent} is full: free some space, nothing was lost"
+    if "readonly" in text or "read-only" in text or "unable to open" in text:
+        return f"cannot write the library at {db_path}: the folder is read-only or not accessible"
+    return f"library database error: {text}"
+
+
+class Store:
+    """Thread-safe access to the library database (one connection, serialised by a lock)."""
+
+    def __init__(self, data_dir: Path) -> None:
+        self.path = Path(data_dir) / DB_NAME
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode=WAL")
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._lock = threading.RLock()
+            self._migrate()
+        except sqlite3.Error as exc:
+            raise StoreError(describe_sqlite_error(exc, self.path)) from None
+        except OSError as exc:
+            raise StoreError(f"cannot use the data folder {self.path.parent}: {exc.strerror or exc}") from None
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                try:
+                    yield self._db
+                except BaseException:
+                    self._db.execute("ROLLBACK")
+                    raise
+                self._db.execute("COMMIT")
+            except sqlite3.Error as exc:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise StoreError(describe_sqlite_error(exc, self.path)) from None
+
+    def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            try:
+                return self._db.execute(sql, params).fetchall()
+            except sqlite3.Error as exc:
+                raise StoreError(describe_sqlite_error(exc, self.path)) from None
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"the library at {self.path} was written by a newer Dolphin Desk (schema {version}, "
+                f"this version knows {SCHEMA_VERSION}): update the app; the library was not changed"
+            )
+        for target in range(version + 1, SCHEMA_VERSION + 1):
+            with self.transaction() as db:
+                db.executescript(_MIGRATIONS[target].replace("BEGIN;", ""))
+                db.execute(f"PRAGMA user_version = {target}")
+
+    @property
+    def schema_version(self) -> int:
+        return int(self._query("PRAGMA user_version")[0][0])
+
+    def integrity_check(self) -> str:
+        return str(self._query("PRAGMA integrity_check")[0][0])
+
+    # folders -------------------------------------------------------------------------------
+
+    def add_folder(self, path: Path, include: list[str] | None = None, exclude: list[str] | None = None) -> Folder:
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO folders(path, include_patterns, exclude_patterns, added_at) VALUES (?, ?, ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET include_patterns=excluded.include_patterns, "
+                "exclude_patterns=excluded.exclude_patterns",
+                (str(path), _join_patterns(include), _join_patterns(exclude), time.time()),
+            )
+        return next(f for f in self.folders() if f.path == path)
+
+    def folders(self) -> list[Folder]:
+        return [
+            Folder(r["id"], Path(r["path"]), _split_patterns(r["include_patterns"]), _split_patterns(r["exclude_patterns"]))
+            for r in self._query("SELECT * FROM folders ORDER BY path")
+        ]
+
+    def remove_folder(self, folder_id: int) -> None:
+        with self.transaction() as db:
+            db.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
+            self._collect_garbage(db)
+
+    # documents -----------------------------------------------------------------------------
+
+    @staticmethod
+    def _document(row: sqlite3.Row) -> Document:
+        return Document(
+            row["id"], row["folder_id"], Path(row["path"]), row["size"], row["mtime"], row["content_hash"],
+            row["state"], row["error"], row["chunk_count"],
+        )  # fmt: skip
+
+    def documents(self, folder_id: int | None = None) -> list[Document]:
+        if folder_id is None:
+            rows = self._query("SELECT * FROM documents ORDER BY path")
+        else:
+            rows = self._query("SELECT * FROM documents WHERE folder_id = ? ORDER BY path", (folder_id,))
+        return [self._document(r) for r in rows]
+
+    def document(self, path: Path) -> Document | None:
+        rows = self._query("SELECT * FROM documents WHERE path = ?", (str(path),))
+        return self._document(rows[0]) if rows else None
+
+    def upsert_pending(self, folder_id: int, path: Path, priority: int) -> None:
+        """Mark a document as needing (re-)indexing; keeps its chunks until new ones replace them."""
+        with self.transaction() as db:
+            db.execute(
+                "INSERT INTO documents(folder_id, path, state, priority, updated_at) VALUES (?, ?, 'pending', ?, ?) "
+                "ON CONFLICT(path) DO UPDATE SET state='pending', error=NULL, folder_id=excluded.folder_id, "
+                "priority=MIN(priority, excluded.priority), updated_at=excluded.updated_at",
+                (folder_id, str(path), priority, time.time()),
+            )
+
+    def set_state(
+        self, path: Path, state: str, error: str | None = None, size: int | None = None, mtime: float | None = None,
+        content_hash: str | None = None,
+    ) -> None:  # fmt: skip
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE documents SET state=?, error=?, size=COALESCE(?, size), mtime=COALESCE(?, mtime), "
+                "content_hash=COALESCE(?, content_hash), updated_at=? WHERE path=?",
+                (state, error, size, mtime, content_hash, time.time(), str(path)),
+            )
+            if state in ("failed", "skipped"):
+                db.execute("DELETE FROM chunks WHERE document_id = (SELECT id FROM documents WHERE path=?)", (str(path),))
+                db.execute("UPDATE documents SET chunk_count=0 WHERE path=?", (str(path),))
+
+    def next_pending(self) -> Document | None:
+        rows = self._query("SELECT * FROM documents WHERE state IN ('pending', 'indexing') ORDER BY priority, id LIMIT 1")
+        return self._document(rows[0]) if rows else None
+
+    def count_states(self) -> dict[str, int]:
+        counts = dict.fromkeys(STATES, 0)
+        for row in self._query("SELECT state, COUNT(*) AS n FROM documents GROUP BY state"):
+            counts[row["state"]] = row["n"]
+        return counts
+
+    def remove_documents(self, paths: Iterable[Path]) -> int:
+        removed = 0
+        with self.transaction() as db:
+            for path in paths:
+                removed += db.execute("DELETE FROM documents WHERE path = ?", (str(path),)).rowcount
+            self._collect_garbage(db)
+        return removed
+
+    def remove_under(self, directory: Path) -> int:
+        """Every document inside `directory` (a folder that was deleted or moved away)."""
+        prefix = str(directory).rstrip("/\\") + "/"
+        paths = [Path(r["path"]) for r in self._query("SELECT path FROM documents WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))]
+        return self.remove_documents(paths)
+
+    def move_document(self, old: Path, new: Path) -> bool:
+        """Keep a renamed or moved file's chunks and memories under its new path."""
+        with self.transaction() as db:
+            db.execute("DELETE FROM documents WHERE path = ?", (str(new),))
+            return db.execute("UPDATE documents SET path=? WHERE path=?", (str(new), str(old))).rowcount > 0
+
+    def replace_chunks(
+        self, path: Path, chunks: list[ChunkRecord], size: int, mtime: float, content_hash: str, state: str = "ready"
+    ) -> None:
+        """The one commit per document: new chunks, state and file facts together."""
+        with self.transaction() as db:
+            row = db.execute("SELECT id FROM documents WHERE path=?", (str(path),)).fetchone()
+            if row is None:
+                return
+            db.execute("DELETE FROM chunks WHERE document_id=?", (row["id"],))
+            db.executemany(
+                "INSERT INTO chunks(document_id, ordinal, text, char_start, char_end, page, token_count, text_hash) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                [(row["id"], c.ordinal, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash) for c in chunks],
+            )
+            db.execute(
+                "UPDATE documents SET state=?, error=NULL, chunk_count=?, size=?, mtime=?, content_hash=?, updated_at=? "
+                "WHERE id=?",
+                (state, len(chunks), size, mtime, content_hash, time.time(), row["id"]),
+            )
+            self._collect_garbage(db)
+
+    # memories ------------------------------------------------------------------------------
+
+    def has_memory(self, text_hash: str, encoder: str) -> bool:
+        return bool(self._query("SELECT 1 FROM memories WHERE text_hash=? AND encoder=?", (text_hash, encoder)))
+
+    def put_memory(self, text_hash: str, encoder: str, states: np.ndarray, token_count: int) -> None:
+        """fp16 (57 KB for 32 x 896): under the 60 KB budget, and ~1e-3 relative error at most."""
+        blob = np.ascontiguousarray(states, dtype=np.float16).tobytes()
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO memories(text_hash, encoder, states, rows, cols, token_count) VALUES (?, ?, ?, ?, ?, ?)",
+                (text_hash, encoder, blob, states.shape[0], states.shape[1], token_count),
+            )
+
+    def get_memory(self, text_hash: str, encoder: str) -> tuple[np.ndarray, int] | None:
+        rows = self._query("SELECT states, rows, cols, token_count FROM memories WHERE text_hash=? AND encoder=?", (text_hash, encoder))
+        if not rows:
+            return None
+        r = rows[0]
+        return np.frombuffer(r["states"], dtype=np.float16).reshape(r["rows"], r["cols"]).astype(np.float32), r["token_count"]
+
+    def memory_stats(self) -> dict[str, float]:
+        row = self._query("SELECT COUNT(*) AS n, COALESCE(AVG(LENGTH(states)), 0) AS avg FROM memories")[0]
+        return {"memories": row["n"], "bytes_per_memory": float(row["avg"])}
+
+    @staticmethod
+    def _collect_garbage(db: sqlite3.Connection) -> None:
+        """Memories no chunk refers to any more. Chunks of a document still being indexed are not
+        in the table yet, so the indexer re-checks `has_memory` right before its final commit."""
+        db.execute("DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks)")
+
+    # retrieval -----------------------------------------------------------------------------
+
+    def search(self, match: str, limit: int) -> list[StoredChunk]:
+        rows = self._query(
+            "SELECT c.id, d.path, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash, "
+            "bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
+            "JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ? AND d.state = 'ready' "
+            "ORDER BY score LIMIT ?",
+            (match, limit),
+        )
+        return [
+            StoredChunk(r["id"], Path(r["path"]), r["text"], r["char_start"], r["char_end"], r["page"],
+                        r["token_count"], r["text_hash"], -float(r["score"]))
+            for r in rows
+        ]  # fmt: skip
