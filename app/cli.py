@@ -20,10 +20,12 @@ EXIT_INTERRUPTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from app.library.library import LibraryError
+    from app.library.store import StoreError
     from inference.bundle import BundleError
     from inference.errors import InputError
 
-    errors: list[type[BaseException]] = [BundleError, InputError, OSError, UnicodeDecodeError]
+    errors: list[type[BaseException]] = [BundleError, InputError, OSError, UnicodeDecodeError, LibraryError, StoreError]
     try:
         from onnx_export.checkpoint import CheckpointError
 
@@ -89,11 +91,142 @@ def cmd_encode(args: argparse.Namespace) -> int:
     return 0
 
 
+def _data_dir(args: argparse.Namespace) -> Path:
+    from app.library.paths import default_data_dir
+
+    return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+
+
+def _open_library(args: argparse.Namespace, on_progress: Callable | None = None):  # noqa: ANN202
+    from app.library.library import Library
+
+    return Library(_data_dir(args), _load_model(args), chunk_tokens=args.chunk_tokens, on_progress=on_progress)
+
+
+class _ProgressLine:
+    """One self-rewriting progress line on a terminal; silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, progress) -> None:  # noqa: ANN001 - IndexProgress
+        now = time.monotonic()
+        if not self._tty or now - self._last < 0.1:
+            return
+        self._last = now
+        done, total = progress.documents_done, max(progress.documents_total, 1)
+        bar = "#" * int(24 * done / total)
+        current = Path(progress.current_file).name if progress.current_file else ""
+        line = (f"\r[{bar:<24}] {done}/{progress.documents_total} documents  "
+                f"{progress.chunks_per_second:4.1f} chunks/s  {current[:40]}")  # fmt: skip
+        sys.stderr.write(line.ljust(110))
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    progress = _ProgressLine()
+    library = _open_library(args, progress)
+    try:
+        for folder in args.folders:
+            library.add_folder(folder)
+        library.start()
+        while not library.index_until_done(timeout=0.5):
+            pass
+        progress.finish()
+        counts = library.store.count_states()
+        print(
+            f"{counts['ready']} ready, {counts['failed']} failed, {counts['skipped']} skipped; "
+            f"{library.indexer.encoded} chunks encoded, {library.indexer.reused} reused"
+        )
+    finally:
+        library.stop()
+    return 0
+
+
+def cmd_watch(args: argparse.Namespace) -> int:
+    library = _open_library(args, _ProgressLine())
+    try:
+        for folder in args.folders:
+            library.add_folder(folder)
+        library.start(watch=True)
+        print(f"watching {len(library.store.folders())} folder(s); Ctrl-C stops", file=sys.stderr)
+        while True:
+            time.sleep(args.reconcile_every)
+            library.reconcile()
+    except KeyboardInterrupt:
+        print("\ndolphin-desk: stopped watching (everything indexed so far is saved)", file=sys.stderr)
+        return 0
+    finally:
+        library.stop()
+
+
+def cmd_status(args: argparse.Namespace) -> int:
+    from app.library.library import library_status
+    from app.library.store import Store
+
+    data_dir = _data_dir(args)
+    if not (data_dir / "library.sqlite3").exists():
+        raise FileNotFoundError(2, "no library here yet (run dolphin-desk index first)", str(data_dir))
+    store = Store(data_dir)
+    try:
+        status = library_status(store)
+    finally:
+        store.close()
+    if args.json:
+        print(json.dumps(status, ensure_ascii=False))
+        return 0
+    for folder in status["folders"]:
+        counts = ", ".join(f"{n} {state}" for state, n in sorted(folder["counts"].items())) or "empty"
+        print(f"{folder['path']}{' (missing)' if folder['missing'] else ''}: {counts}")
+    for document in status["documents"]:
+        reason = f"  ({document['error']})" if document["error"] else ""
+        print(f"  {document['state']:<8} {document['chunks']:>4} chunks  {document['path']}{reason}")
+    return 0
+
+
+def cmd_ask_library(args: argparse.Namespace) -> int:
+    from inference import GenerationSettings
+
+    library = _open_library(args)
+    try:
+        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
+                                      temperature=args.temperature, top_p=args.top_p, seed=args.seed)  # fmt: skip
+        answer = library.ask(args.question, k=args.top_k, settings=settings)
+        if not args.json:
+            for note in answer.notes:
+                print(f"dolphin-desk: note: {note}", file=sys.stderr)
+        for piece in answer:
+            if not args.json:
+                sys.stdout.write(piece)
+                sys.stdout.flush()
+        stats = answer.stream.stats
+        if args.json:
+            print(json.dumps({
+                "answer": answer.stream.text, "token_ids": answer.stream.token_ids, "stop_reason": stats.stop_reason,
+                "timings": {"first_token_s": stats.first_token_s, "decode_tokens_per_s": stats.decode_tokens_per_s,
+                            "total_s": stats.total_s},
+                "stats": stats.as_dict(), "sources": [s.as_dict() for s in answer.sources], "notes": answer.notes,
+            }, ensure_ascii=False))  # fmt: skip
+        else:
+            print()
+            for number, source in enumerate(answer.sources, start=1):
+                page = f", page {source.page}" if source.page else ""
+                print(f"[{number}] {source.path}{page}", file=sys.stderr)
+    finally:
+        library.stop()
+    return 0
+
+
 def cmd_ask(args: argparse.Namespace) -> int:
     from inference import GenerationSettings
 
     if not args.context_file:
-        raise SystemExit("dolphin-desk: error: give at least one --context-file")
+        return cmd_ask_library(args)
     texts = [(path, _read_context(path)) for path in args.context_file]
     model = _load_model(args)
     encode_started = time.perf_counter()
@@ -176,7 +309,29 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--seed", type=int)
     ask.add_argument("--max-new-tokens", type=int, default=256)
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
+    ask.add_argument(
+        "--data-dir", help="answer over the library in this data folder (the default without --context-file)"
+    )
+    ask.add_argument("--top-k", type=int, default=3, help="memories per answer, from the library")
+    ask.add_argument("--chunk-tokens", type=int, default=384)
     ask.set_defaults(handler=cmd_ask)
+
+    for name, handler, text in (
+        ("index", cmd_index, "add folders to the library and index them; exits when done"),
+        ("watch", cmd_watch, "index and keep following changes until Ctrl-C"),
+    ):
+        command = commands.add_parser(name, help=text)
+        _add_model_options(command)
+        command.add_argument("folders", nargs="*" if name == "watch" else "+", type=Path)
+        command.add_argument("--data-dir", help="default: the platform's per-user data folder")
+        command.add_argument("--chunk-tokens", type=int, default=384, help="tokens per memory (default 384)")
+        command.add_argument("--reconcile-every", type=float, default=600, help=argparse.SUPPRESS)
+        command.set_defaults(handler=handler)
+
+    status = commands.add_parser("status", help="what is indexed, per folder and document")
+    status.add_argument("--data-dir")
+    status.add_argument("--json", action="store_true")
+    status.set_defaults(handler=cmd_status)
     return parser
 
 

@@ -201,9 +201,14 @@ class Store:
                 f"this version knows {SCHEMA_VERSION}): update the app; the library was not changed"
             )
         for target in range(version + 1, SCHEMA_VERSION + 1):
-            with self.transaction() as db:
-                db.executescript(_MIGRATIONS[target].replace("BEGIN;", ""))
-                db.execute(f"PRAGMA user_version = {target}")
+            try:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;"
+                )
+            except sqlite3.Error:
+                if self._db.in_transaction:
+                    self._db.execute("ROLLBACK")
+                raise
 
     @property
     def schema_version(self) -> int:
@@ -226,14 +231,15 @@ class Store:
 
     def folders(self) -> list[Folder]:
         return [
-            Folder(r["id"], Path(r["path"]), _split_patterns(r["include_patterns"]), _split_patterns(r["exclude_patterns"]))
+            Folder(
+                r["id"], Path(r["path"]), _split_patterns(r["include_patterns"]), _split_patterns(r["exclude_patterns"])
+            )
             for r in self._query("SELECT * FROM folders ORDER BY path")
         ]
 
     def remove_folder(self, folder_id: int) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
-            self._collect_garbage(db)
 
     # documents -----------------------------------------------------------------------------
 
@@ -276,11 +282,15 @@ class Store:
                 (state, error, size, mtime, content_hash, time.time(), str(path)),
             )
             if state in ("failed", "skipped"):
-                db.execute("DELETE FROM chunks WHERE document_id = (SELECT id FROM documents WHERE path=?)", (str(path),))
+                db.execute(
+                    "DELETE FROM chunks WHERE document_id = (SELECT id FROM documents WHERE path=?)", (str(path),)
+                )
                 db.execute("UPDATE documents SET chunk_count=0 WHERE path=?", (str(path),))
 
     def next_pending(self) -> Document | None:
-        rows = self._query("SELECT * FROM documents WHERE state IN ('pending', 'indexing') ORDER BY priority, id LIMIT 1")
+        rows = self._query(
+            "SELECT * FROM documents WHERE state IN ('pending', 'indexing') ORDER BY priority, id LIMIT 1"
+        )
         return self._document(rows[0]) if rows else None
 
     def count_states(self) -> dict[str, int]:
@@ -294,13 +304,15 @@ class Store:
         with self.transaction() as db:
             for path in paths:
                 removed += db.execute("DELETE FROM documents WHERE path = ?", (str(path),)).rowcount
-            self._collect_garbage(db)
         return removed
 
     def remove_under(self, directory: Path) -> int:
         """Every document inside `directory` (a folder that was deleted or moved away)."""
         prefix = str(directory).rstrip("/\\") + "/"
-        paths = [Path(r["path"]) for r in self._query("SELECT path FROM documents WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))]
+        paths = [
+            Path(r["path"])
+            for r in self._query("SELECT path FROM documents WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+        ]
         return self.remove_documents(paths)
 
     def move_document(self, old: Path, new: Path) -> bool:
@@ -321,14 +333,16 @@ class Store:
             db.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, char_start, char_end, page, token_count, text_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
-                [(row["id"], c.ordinal, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash) for c in chunks],
+                [
+                    (row["id"], c.ordinal, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash)
+                    for c in chunks
+                ],
             )
             db.execute(
-                "UPDATE documents SET state=?, error=NULL, chunk_count=?, size=?, mtime=?, content_hash=?, updated_at=? "
-                "WHERE id=?",
+                "UPDATE documents SET state=?, error=NULL, chunk_count=?, size=?, mtime=?, content_hash=?, "
+                "updated_at=? WHERE id=?",
                 (state, len(chunks), size, mtime, content_hash, time.time(), row["id"]),
             )
-            self._collect_garbage(db)
 
     # memories ------------------------------------------------------------------------------
 
@@ -340,26 +354,31 @@ class Store:
         blob = np.ascontiguousarray(states, dtype=np.float16).tobytes()
         with self.transaction() as db:
             db.execute(
-                "INSERT OR REPLACE INTO memories(text_hash, encoder, states, rows, cols, token_count) VALUES (?, ?, ?, ?, ?, ?)",
+                "INSERT OR REPLACE INTO memories(text_hash, encoder, states, rows, cols, token_count) "
+                "VALUES (?, ?, ?, ?, ?, ?)",
                 (text_hash, encoder, blob, states.shape[0], states.shape[1], token_count),
             )
 
     def get_memory(self, text_hash: str, encoder: str) -> tuple[np.ndarray, int] | None:
-        rows = self._query("SELECT states, rows, cols, token_count FROM memories WHERE text_hash=? AND encoder=?", (text_hash, encoder))
+        rows = self._query(
+            "SELECT states, rows, cols, token_count FROM memories WHERE text_hash=? AND encoder=?", (text_hash, encoder)
+        )
         if not rows:
             return None
         r = rows[0]
-        return np.frombuffer(r["states"], dtype=np.float16).reshape(r["rows"], r["cols"]).astype(np.float32), r["token_count"]
+        return np.frombuffer(r["states"], dtype=np.float16).reshape(r["rows"], r["cols"]).astype(np.float32), r[
+            "token_count"
+        ]
 
     def memory_stats(self) -> dict[str, float]:
         row = self._query("SELECT COUNT(*) AS n, COALESCE(AVG(LENGTH(states)), 0) AS avg FROM memories")[0]
         return {"memories": row["n"], "bytes_per_memory": float(row["avg"])}
 
-    @staticmethod
-    def _collect_garbage(db: sqlite3.Connection) -> None:
-        """Memories no chunk refers to any more. Chunks of a document still being indexed are not
-        in the table yet, so the indexer re-checks `has_memory` right before its final commit."""
-        db.execute("DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks)")
+    def collect_garbage(self) -> int:
+        """Delete memories no chunk refers to any more. Only the indexer calls it, between
+        documents: memories of a document in flight have no chunks yet and would be lost."""
+        with self.transaction() as db:
+            return db.execute("DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks)").rowcount
 
     # retrieval -----------------------------------------------------------------------------
 

@@ -1,0 +1,92 @@
+"""Which files of a watched folder are indexed: include/exclude globs, .gitignore, size limit."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pathspec
+
+DEFAULT_INCLUDE = [
+    "*.txt", "*.md", "*.markdown", "*.rst", "*.org", "*.tex", "*.csv", "*.log",
+    "*.html", "*.htm", "*.xhtml", "*.pdf", "*.docx",
+    "*.py", "*.js", "*.ts", "*.tsx", "*.jsx", "*.java", "*.kt", "*.c", "*.h", "*.cc", "*.cpp", "*.hpp", "*.cs",
+    "*.go", "*.rs", "*.rb", "*.php", "*.swift", "*.scala", "*.sh", "*.ps1", "*.sql", "*.r", "*.m", "*.lua",
+    "*.json", "*.yaml", "*.yml", "*.toml", "*.ini", "*.cfg", "*.conf", "*.xml",
+]  # fmt: skip
+DEFAULT_EXCLUDE = [
+    ".*", "node_modules", "__pycache__", "venv", ".venv", "env", "site-packages", "dist", "build", "target",
+    "*.min.js", "*.lock", "package-lock.json",
+]  # fmt: skip
+DEFAULT_MAX_FILE_MB = 50
+
+
+@dataclass
+class FolderFilter:
+    """Decides for one watched folder; patterns match a file or directory *name*."""
+
+    root: Path
+    include: list[str] = field(default_factory=lambda: list(DEFAULT_INCLUDE))
+    exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+    max_file_mb: float = DEFAULT_MAX_FILE_MB
+    _gitignores: dict[Path, pathspec.PathSpec | None] = field(default_factory=dict)
+
+    def _excluded_name(self, name: str) -> bool:
+        return any(fnmatch.fnmatch(name, pattern) for pattern in self.exclude)
+
+    def _gitignore(self, directory: Path) -> pathspec.PathSpec | None:
+        if directory not in self._gitignores:
+            try:
+                lines = (directory / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
+                self._gitignores[directory] = pathspec.GitIgnoreSpec.from_lines(lines)
+            except OSError:
+                self._gitignores[directory] = None
+        return self._gitignores[directory]
+
+    def forget_gitignore(self, directory: Path) -> None:
+        self._gitignores.pop(directory, None)
+
+    def _gitignored(self, path: Path, is_dir: bool) -> bool:
+        for directory in [self.root, *[self.root / p for p in path.relative_to(self.root).parents if str(p) != "."]]:
+            spec = self._gitignore(directory)
+            if spec is None:
+                continue
+            relative = path.relative_to(directory).as_posix() + ("/" if is_dir else "")
+            if spec.match_file(relative):
+                return True
+        return False
+
+    def accepts_dir(self, path: Path) -> bool:
+        if path == self.root:
+            return True
+        return not self._excluded_name(path.name) and not self._gitignored(path, is_dir=True)
+
+    def in_scope(self, path: Path) -> bool:
+        """Inside the folder, in no excluded directory, and matching the include list."""
+        try:
+            relative = path.relative_to(self.root)
+        except ValueError:
+            return False
+        if any(self._excluded_name(part) for part in relative.parts[:-1]):
+            return False
+        if self._excluded_name(path.name) or not any(fnmatch.fnmatch(path.name.lower(), p) for p in self.include):
+            return False
+        return not any(
+            self._gitignored(self.root / p, is_dir=True) for p in list(relative.parents)[:-1]
+        ) and not self._gitignored(path, is_dir=False)
+
+    def too_large(self, size: int) -> str | None:
+        if size > self.max_file_mb * 1024 * 1024:
+            return f"larger than the {self.max_file_mb:g} MB limit ({size / 1024 / 1024:.0f} MB)"
+        return None
+
+    def walk(self) -> list[Path]:
+        """Every file in scope, without following directory symlinks (no loops)."""
+        found: list[Path] = []
+        for directory, dirnames, filenames in os.walk(self.root, followlinks=False, onerror=lambda _: None):
+            base = Path(directory)
+            dirnames[:] = sorted(d for d in dirnames if self.accepts_dir(base / d))
+            found.extend(base / f for f in sorted(filenames) if self.in_scope(base / f))
+        return found

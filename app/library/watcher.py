@@ -1,0 +1,101 @@
+"""watchdog observers on the library's folders, debounced into library updates.
+
+Editors save in bursts (temp file, rename, modify), copies arrive in pieces: an event only
+reaches the library once its path has been quiet for `debounce_s`. Whether the file itself has
+settled is checked again by the indexer before it reads anything.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+from watchdog.events import FileSystemEvent, FileSystemEventHandler
+from watchdog.observers import Observer
+
+DEFAULT_DEBOUNCE_S = 1.0
+
+
+@dataclass(frozen=True)
+class Change:
+    kind: str  # changed | deleted | moved | dir_deleted | dir_changed | dir_moved
+    path: Path
+    dest: Path | None = None
+
+
+class _Handler(FileSystemEventHandler):
+    def __init__(self, push: Callable[[Change], None]) -> None:
+        self._push = push
+
+    def on_any_event(self, event: FileSystemEvent) -> None:
+        src = Path(str(event.src_path))
+        dest = Path(str(event.dest_path)) if getattr(event, "dest_path", "") else None
+        if event.event_type in ("opened", "closed_no_write"):
+            return
+        if event.is_directory:
+            kind = {"deleted": "dir_deleted", "moved": "dir_moved"}.get(event.event_type, "dir_changed")
+        else:
+            kind = {"deleted": "deleted", "moved": "moved"}.get(event.event_type, "changed")
+        self._push(Change(kind, src, dest))
+
+
+class FolderWatcher:
+    def __init__(self, on_change: Callable[[Change], None], debounce_s: float = DEFAULT_DEBOUNCE_S) -> None:
+        self._on_change = on_change
+        self._debounce_s = debounce_s
+        self._observer = Observer()
+        self._watches: dict[Path, object] = {}
+        self._pending: dict[tuple[str, Path], tuple[Change, float]] = {}
+        self._lock = threading.Lock()
+        self._stop = threading.Event()
+        self._flusher = threading.Thread(target=self._flush_loop, name="dolphin-watch-debounce", daemon=True)
+        self.errors: dict[Path, str] = {}
+
+    def start(self) -> None:
+        self._observer.start()
+        self._flusher.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._observer.stop()
+        self._observer.join(10)
+        self._flusher.join(10)
+
+    def watch(self, root: Path) -> bool:
+        """Start watching `root`; False (with the reason in `errors`) if it cannot be watched."""
+        if root in self._watches:
+            return True
+        try:
+            self._watches[root] = self._observer.schedule(_Handler(self._push), str(root), recursive=True)
+        except OSError as exc:
+            self.errors[root] = f"cannot watch: {exc.strerror or exc}"
+            return False
+        self.errors.pop(root, None)
+        return True
+
+    def unwatch(self, root: Path) -> None:
+        watch = self._watches.pop(root, None)
+        if watch is not None:
+            try:
+                self._observer.unschedule(watch)
+            except (KeyError, OSError):
+                pass
+
+    def _push(self, change: Change) -> None:
+        with self._lock:
+            self._pending[(change.kind, change.path)] = (change, time.monotonic())
+
+    def _flush_loop(self) -> None:
+        while not self._stop.wait(self._debounce_s / 4):
+            now = time.monotonic()
+            with self._lock:
+                ready = [k for k, (_, t) in self._pending.items() if now - t >= self._debounce_s]
+                changes = [self._pending.pop(k)[0] for k in ready]
+            for change in changes:
+                try:
+                    self._on_change(change)
+                except Exception as exc:  # noqa: BLE001 - one bad event must not end watching
+                    self.errors[change.path] = f"{type(exc).__name__}: {exc}"

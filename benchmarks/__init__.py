@@ -1,0 +1,1 @@
+"""Benchmarks of Dolphin Desk; results are written to benchmarks/results/."""
