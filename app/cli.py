@@ -129,6 +129,8 @@ class _ProgressLine:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from app.library.store import StoreError
+
     progress = _ProgressLine()
     library = _open_library(args, progress)
     try:
@@ -136,7 +138,9 @@ def cmd_index(args: argparse.Namespace) -> int:
             library.add_folder(folder)
         library.start()
         while not library.index_until_done(timeout=0.5):
-            pass
+            if library.indexer.last_error:
+                progress.finish()
+                raise StoreError(library.indexer.last_error)
         progress.finish()
         counts = library.store.count_states()
         print(

@@ -82,3 +82,35 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     return subprocess.run(
         [sys.executable, "-m", "app.cli", *args], capture_output=True, text=True, cwd=cwd or ROOT, env=env, check=False
     )
+
+
+@pytest.fixture
+def make_library(fp32_model, tmp_path: Path):
+    """Libraries over the tiny fp32 model with a temp data dir; stopped after the test."""
+    from app.library.library import Library
+
+    libraries = []
+
+    def make(data_dir: Path | None = None, **options) -> Library:
+        options.setdefault("debounce_s", 0.3)
+        library = Library(data_dir or tmp_path / "data", fp32_model, **options)
+        libraries.append(library)
+        return library
+
+    yield make
+    for library in libraries:
+        try:
+            library.stop()
+        except Exception:  # noqa: BLE001 - a test may have stopped it already
+            pass
+
+
+def wait_for(condition, timeout: float = 30.0, interval: float = 0.05) -> None:
+    """Poll until `condition()` is true (file-system events have no signal to wait on)."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {getattr(condition, '__name__', 'condition')}")
+        time.sleep(interval)

@@ -9,6 +9,7 @@ the chunk in flight, and a restart re-encodes nothing already stored.
 from __future__ import annotations
 
 import hashlib
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -172,10 +173,11 @@ class Indexer:
             self._idle.clear()
             try:
                 self._index(document)
+                self.last_error = None
             except StoreError as exc:
                 self.last_error = str(exc)
                 self._emit("error")
-                self._stop.wait(2.0)
+                self._stop.wait(5.0)  # a full disk may be freed; try again, never spin
 
     def _collect_garbage(self) -> None:
         try:
@@ -201,11 +203,15 @@ class Indexer:
         self._current = str(path)
         self._chunks_done = self._chunks_total = 0
         folder_filter = self._filters(document.folder_id)
+        stat: os.stat_result | None = None
         try:
-            if not path.is_file():
+            if not os.path.lexists(path):
                 self._store.remove_documents([path])
                 return
             stat = path.stat()
+            if not path.is_file():
+                self._store.set_state(path, "skipped", "not a regular file")
+                return
             reason = folder_filter.too_large(stat.st_size)
             if reason:
                 self._store.set_state(path, "skipped", reason, size=stat.st_size, mtime=stat.st_mtime)
@@ -218,11 +224,15 @@ class Indexer:
         except FileNotFoundError:
             self._store.remove_documents([path])
             return
-        except PermissionError:
-            self._store.set_state(path, "failed", "permission denied")
-            return
         except OSError as exc:
-            self._store.set_state(path, "failed", f"cannot read: {exc.strerror or exc}")
+            if isinstance(exc, PermissionError):
+                reason = "permission denied"
+            elif path.is_symlink():
+                reason = "cannot read: a symbolic link that loops or points nowhere"
+            else:
+                reason = f"cannot read: {exc.strerror or exc}"
+            facts = {"size": stat.st_size, "mtime": stat.st_mtime} if stat else {}
+            self._store.set_state(path, "failed", reason, **facts)
             return
         if document.content_hash == content_hash and document.state in ("ready", "indexing") and document.chunk_count:
             self._store.set_state(path, "ready", size=size, mtime=mtime)

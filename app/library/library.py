@@ -142,20 +142,22 @@ class Library:
         """Bring the store in line with the disk for one folder (start-up, periodic, new folder)."""
         if not folder.path.is_dir():
             return  # missing (unmounted?): keep its index until it comes back or is removed
-        found = {}
+        found: dict[Path, tuple[int, float] | None] = {}
         for path in self.folder_filter(folder.id).walk():
             try:
                 stat = path.stat()
+                found[path] = (stat.st_size, stat.st_mtime)
             except OSError:
-                continue
-            found[path] = stat
+                found[path] = None  # unreadable (a looping link, a vanished file): the indexer records why
         known = {d.path: d for d in self.store.documents(folder.id)}
         self.store.remove_documents([p for p in known if p not in found])
-        for path, stat in found.items():
+        for path, facts in found.items():
             document = known.get(path)
             if document is None:
                 self.store.upsert_pending(folder.id, path, PRIORITY_SCAN)
-            elif document.size != stat.st_size or document.mtime != stat.st_mtime:
+            elif facts is None and document.state != "failed":
+                self.store.upsert_pending(folder.id, path, PRIORITY_CHANGED)
+            elif facts is not None and (document.size, document.mtime) != facts:
                 self.store.upsert_pending(folder.id, path, PRIORITY_CHANGED)
 
     def reconcile(self) -> None:
