@@ -118,8 +118,10 @@ class _ProgressLine:
         done, total = progress.documents_done, max(progress.documents_total, 1)
         bar = "#" * int(24 * done / total)
         current = Path(progress.current_file).name if progress.current_file else ""
-        line = (f"\r[{bar:<24}] {done}/{progress.documents_total} documents  "
-                f"{progress.chunks_per_second:4.1f} chunks/s  {current[:40]}")  # fmt: skip
+        line = (
+            f"\r[{bar:<24}] {done}/{progress.documents_total} documents  "
+            f"{progress.chunks_per_second:4.1f} chunks/s  {current[:40]}"
+        )
         sys.stderr.write(line.ljust(110))
         sys.stderr.flush()
 
@@ -198,8 +200,13 @@ def cmd_ask_library(args: argparse.Namespace) -> int:
 
     library = _open_library(args)
     try:
-        settings = GenerationSettings(max_new_tokens=args.max_new_tokens, greedy=args.greedy,
-                                      temperature=args.temperature, top_p=args.top_p, seed=args.seed)  # fmt: skip
+        settings = GenerationSettings(
+            max_new_tokens=args.max_new_tokens,
+            greedy=args.greedy,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed,
+        )
         answer = library.ask(args.question, k=args.top_k, settings=settings)
         if not args.json:
             for note in answer.notes:
@@ -210,12 +217,24 @@ def cmd_ask_library(args: argparse.Namespace) -> int:
                 sys.stdout.flush()
         stats = answer.stream.stats
         if args.json:
-            print(json.dumps({
-                "answer": answer.stream.text, "token_ids": answer.stream.token_ids, "stop_reason": stats.stop_reason,
-                "timings": {"first_token_s": stats.first_token_s, "decode_tokens_per_s": stats.decode_tokens_per_s,
-                            "total_s": stats.total_s},
-                "stats": stats.as_dict(), "sources": [s.as_dict() for s in answer.sources], "notes": answer.notes,
-            }, ensure_ascii=False))  # fmt: skip
+            print(
+                json.dumps(
+                    {
+                        "answer": answer.stream.text,
+                        "token_ids": answer.stream.token_ids,
+                        "stop_reason": stats.stop_reason,
+                        "timings": {
+                            "first_token_s": stats.first_token_s,
+                            "decode_tokens_per_s": stats.decode_tokens_per_s,
+                            "total_s": stats.total_s,
+                        },
+                        "stats": stats.as_dict(),
+                        "sources": [s.as_dict() for s in answer.sources],
+                        "notes": answer.notes,
+                    },
+                    ensure_ascii=False,
+                )
+            )
         else:
             print()
             for number, source in enumerate(answer.sources, start=1):

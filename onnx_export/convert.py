@@ -35,10 +35,21 @@ PRECISIONS = ("int4", "fp16", "fp32")
 PROVIDERS = ("cpu", "dml", "cuda")
 DEFAULT_MAX_CONTEXT_TOKENS = 2048
 _QWEN2_KEYS = (
-    "hidden_act", "hidden_size", "intermediate_size", "max_position_embeddings", "num_attention_heads",
-    "num_hidden_layers", "num_key_value_heads", "rms_norm_eps", "rope_theta", "vocab_size", "bos_token_id",
-    "eos_token_id", "tie_word_embeddings", "attention_dropout",
-)  # fmt: skip
+    "hidden_act",
+    "hidden_size",
+    "intermediate_size",
+    "max_position_embeddings",
+    "num_attention_heads",
+    "num_hidden_layers",
+    "num_key_value_heads",
+    "rms_norm_eps",
+    "rope_theta",
+    "vocab_size",
+    "bos_token_id",
+    "eos_token_id",
+    "tie_word_embeddings",
+    "attention_dropout",
+)
 
 
 class ConversionError(Exception):
@@ -155,11 +166,22 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, opti
     """The ORT GenAI builder in a child process (its peak memory ends with it)."""
     builder_options = {"accuracy_level": "4", **options} if precision == "int4" else dict(options)
     command = [
-        sys.executable, "-m", "onnx_export.ort_builder",
-        "-i", str(hf_dir), "-o", str(out_dir), "-p", precision, "-e", provider,
-        "-c", str(hf_dir.parent / "cache"),
-        "--extra_options", *[f"{k}={v}" for k, v in builder_options.items()],
-    ]  # fmt: skip
+        sys.executable,
+        "-m",
+        "onnx_export.ort_builder",
+        "-i",
+        str(hf_dir),
+        "-o",
+        str(out_dir),
+        "-p",
+        precision,
+        "-e",
+        provider,
+        "-c",
+        str(hf_dir.parent / "cache"),
+        "--extra_options",
+        *[f"{k}={v}" for k, v in builder_options.items()],
+    ]
     env = {
         **os.environ,
         "PYTHONPATH": os.pathsep.join([str(Path(__file__).resolve().parents[1]), os.environ.get("PYTHONPATH", "")]),

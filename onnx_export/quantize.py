@@ -17,9 +17,15 @@ from onnx import TensorProto, helper
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
 MS_DOMAIN = "com.microsoft"
-_NUMPY_OF = {TensorProto.FLOAT: np.float32, TensorProto.FLOAT16: np.float16, TensorProto.INT64: np.int64,
-             TensorProto.INT32: np.int32, TensorProto.UINT8: np.uint8, TensorProto.INT8: np.int8,
-             TensorProto.BOOL: np.bool_}  # fmt: skip
+_NUMPY_OF = {
+    TensorProto.FLOAT: np.float32,
+    TensorProto.FLOAT16: np.float16,
+    TensorProto.INT64: np.int64,
+    TensorProto.INT32: np.int32,
+    TensorProto.UINT8: np.uint8,
+    TensorProto.INT8: np.int8,
+    TensorProto.BOOL: np.bool_,
+}
 
 
 class _DataWriter:
@@ -115,7 +121,7 @@ def quantize_int4(source: Path, target: Path, block_size: int = 32, accuracy_lev
                     bits=4,
                     block_size=block_size,
                     accuracy_level=accuracy_level,
-                )  # fmt: skip
+                )
             )
             quantized.add(weight.name)
         for tensor in graph.initializer:

@@ -106,7 +106,7 @@ def test_memories_are_compact_and_match_the_model(make_library, fp32_model, tmp_
     library.start()
     library.index_until_done(timeout=60)
     chunk = library.retrieve("keeper log ship", k=1)[0]
-    states, tokens = library.store.get_memory(chunk.text_hash, fp32_model.encoder_identity)
+    states, _ = library.store.get_memory(chunk.text_hash, fp32_model.encoder_identity)
     fresh = fp32_model.encode(chunk.text).states
     np.testing.assert_allclose(states, fresh, atol=2e-3 * np.abs(fresh).max())
     stats = library.store.memory_stats()

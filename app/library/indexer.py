@@ -140,10 +140,17 @@ class Indexer:
         rate = (len(self._rate_window) - 1) / span if span > 0 else 0.0
         self._on_progress(
             IndexProgress(
-                state, counts["ready"] + counts["failed"] + counts["skipped"], total, self._chunks_done,
-                self._chunks_total, self._current, rate, self.encoded, self.reused,
+                state,
+                counts["ready"] + counts["failed"] + counts["skipped"],
+                total,
+                self._chunks_done,
+                self._chunks_total,
+                self._current,
+                rate,
+                self.encoded,
+                self.reused,
             )
-        )  # fmt: skip
+        )
 
     def _gate(self) -> bool:
         """Block while paused or while answering; False when stopping."""

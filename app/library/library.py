@@ -47,8 +47,14 @@ class Source:
     score: float
 
     def as_dict(self) -> dict[str, object]:
-        return {"path": str(self.path), "page": self.page, "char_start": self.char_start, "char_end": self.char_end,
-                "text": self.text, "score": self.score}  # fmt: skip
+        return {
+            "path": str(self.path),
+            "page": self.page,
+            "char_start": self.char_start,
+            "char_end": self.char_end,
+            "text": self.text,
+            "score": self.score,
+        }
 
 
 @dataclass
@@ -84,9 +90,13 @@ class Library:
         self._filters: dict[int, FolderFilter] = {}
         self._lock = threading.RLock()
         self.indexer = Indexer(
-            self.store, ModelEncoder(model), self.folder_filter, chunk_tokens, on_progress,
+            self.store,
+            ModelEncoder(model),
+            self.folder_filter,
+            chunk_tokens,
+            on_progress,
             Extractor(timeout_s=extraction_timeout_s),
-        )  # fmt: skip
+        )
         self._debounce_s = debounce_s
         self.watcher: FolderWatcher | None = None
 
@@ -138,7 +148,7 @@ class Library:
 
     # reconcile -----------------------------------------------------------------------------
 
-    def _scan(self, folder: Folder) -> None:
+    def _scan(self, folder: Folder, new_priority: int = PRIORITY_SCAN) -> None:
         """Bring the store in line with the disk for one folder (start-up, periodic, new folder)."""
         if not folder.path.is_dir():
             return  # missing (unmounted?): keep its index until it comes back or is removed
@@ -154,7 +164,7 @@ class Library:
         for path, facts in found.items():
             document = known.get(path)
             if document is None:
-                self.store.upsert_pending(folder.id, path, PRIORITY_SCAN)
+                self.store.upsert_pending(folder.id, path, new_priority)
             elif facts is None and document.state != "failed":
                 self.store.upsert_pending(folder.id, path, PRIORITY_CHANGED)
             elif facts is not None and (document.size, document.mtime) != facts:
@@ -196,9 +206,9 @@ class Library:
         if target.name == ".gitignore":
             folder_filter.forget_gitignore(target.parent)
             self._scan(folder)
-        elif change.kind in ("dir_changed", "dir_moved"):
+        elif change.kind in ("dir_created", "dir_moved"):
             if target.is_dir():
-                self._scan(folder)
+                self._scan(folder, new_priority=PRIORITY_CHANGED)
         elif folder_filter.in_scope(target) and target.is_file():
             self.store.upsert_pending(folder.id, target, PRIORITY_CHANGED)
         self.indexer.wake()
@@ -256,12 +266,27 @@ def library_status(store: Store) -> dict[str, object]:
         counts: dict[str, int] = {}
         for document in documents:
             counts[document.state] = counts.get(document.state, 0) + 1
-        folders.append({"path": str(folder.path), "missing": not folder.path.is_dir(), "counts": counts,
-                        "documents": len(documents)})  # fmt: skip
+        folders.append(
+            {
+                "path": str(folder.path),
+                "missing": not folder.path.is_dir(),
+                "counts": counts,
+                "documents": len(documents),
+            }
+        )
     documents = [
-        {"path": str(d.path), "state": d.state, "chunks": d.chunk_count,
-         "error": d.error if d.state in ("failed", "skipped") else None}
+        {
+            "path": str(d.path),
+            "state": d.state,
+            "chunks": d.chunk_count,
+            "error": d.error if d.state in ("failed", "skipped") else None,
+        }
         for d in store.documents()
-    ]  # fmt: skip
-    return {"data_dir": str(store.path.parent), "folders": folders, "documents": documents,
-            "counts": store.count_states(), "memories": store.memory_stats()}  # fmt: skip
+    ]
+    return {
+        "data_dir": str(store.path.parent),
+        "folders": folders,
+        "documents": documents,
+        "counts": store.count_states(),
+        "memories": store.memory_stats(),
+    }

@@ -246,9 +246,16 @@ class Store:
     @staticmethod
     def _document(row: sqlite3.Row) -> Document:
         return Document(
-            row["id"], row["folder_id"], Path(row["path"]), row["size"], row["mtime"], row["content_hash"],
-            row["state"], row["error"], row["chunk_count"],
-        )  # fmt: skip
+            row["id"],
+            row["folder_id"],
+            Path(row["path"]),
+            row["size"],
+            row["mtime"],
+            row["content_hash"],
+            row["state"],
+            row["error"],
+            row["chunk_count"],
+        )
 
     def documents(self, folder_id: int | None = None) -> list[Document]:
         if folder_id is None:
@@ -272,9 +279,14 @@ class Store:
             )
 
     def set_state(
-        self, path: Path, state: str, error: str | None = None, size: int | None = None, mtime: float | None = None,
+        self,
+        path: Path,
+        state: str,
+        error: str | None = None,
+        size: int | None = None,
+        mtime: float | None = None,
         content_hash: str | None = None,
-    ) -> None:  # fmt: skip
+    ) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE documents SET state=?, error=?, size=COALESCE(?, size), mtime=COALESCE(?, mtime), "
@@ -391,7 +403,16 @@ class Store:
             (match, limit),
         )
         return [
-            StoredChunk(r["id"], Path(r["path"]), r["text"], r["char_start"], r["char_end"], r["page"],
-                        r["token_count"], r["text_hash"], -float(r["score"]))
+            StoredChunk(
+                r["id"],
+                Path(r["path"]),
+                r["text"],
+                r["char_start"],
+                r["char_end"],
+                r["page"],
+                r["token_count"],
+                r["text_hash"],
+                -float(r["score"]),
+            )
             for r in rows
-        ]  # fmt: skip
+        ]

@@ -21,7 +21,7 @@ DEFAULT_DEBOUNCE_S = 1.0
 
 @dataclass(frozen=True)
 class Change:
-    kind: str  # changed | deleted | moved | dir_deleted | dir_changed | dir_moved
+    kind: str  # changed | deleted | moved | dir_created | dir_deleted | dir_moved
     path: Path
     dest: Path | None = None
 
@@ -36,7 +36,9 @@ class _Handler(FileSystemEventHandler):
         if event.event_type in ("opened", "closed_no_write"):
             return
         if event.is_directory:
-            kind = {"deleted": "dir_deleted", "moved": "dir_moved"}.get(event.event_type, "dir_changed")
+            kind = {"created": "dir_created", "deleted": "dir_deleted", "moved": "dir_moved"}.get(event.event_type, "")
+            if not kind:
+                return  # "modified" on a directory only echoes events of its files
         else:
             kind = {"deleted": "deleted", "moved": "moved"}.get(event.event_type, "changed")
         self._push(Change(kind, src, dest))
@@ -60,6 +62,8 @@ class FolderWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        self._observer.unschedule_all()
+        self._watches.clear()
         self._observer.stop()
         self._observer.join(10)
         self._flusher.join(10)
