@@ -162,8 +162,7 @@ def cmd_watch(args: argparse.Namespace) -> int:
         library.start(watch=True)
         print(f"watching {len(library.store.folders())} folder(s); Ctrl-C stops", file=sys.stderr)
         while True:
-            time.sleep(args.reconcile_every)
-            library.reconcile()
+            time.sleep(3600)
     except KeyboardInterrupt:
         print("\ndolphin-desk: stopped watching (everything indexed so far is saved)", file=sys.stderr)
         return 0
@@ -348,7 +347,6 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("folders", nargs="*" if name == "watch" else "+", type=Path)
         command.add_argument("--data-dir", help="default: the platform's per-user data folder")
         command.add_argument("--chunk-tokens", type=int, default=384, help="tokens per memory (default 384)")
-        command.add_argument("--reconcile-every", type=float, default=600, help=argparse.SUPPRESS)
         command.set_defaults(handler=handler)
 
     status = commands.add_parser("status", help="what is indexed, per folder and document")

@@ -18,6 +18,8 @@ from app.library.store import Folder, Store, StoredChunk
 from app.library.watcher import Change, FolderWatcher
 from inference import AnswerStream, DolphinModel, GenerationSettings, InputError, Memory
 
+RECONCILE_EVERY_S = 600.0
+
 
 class LibraryError(Exception):
     """A library operation the user asked for cannot be done; one line."""
@@ -99,6 +101,8 @@ class Library:
         )
         self._debounce_s = debounce_s
         self.watcher: FolderWatcher | None = None
+        self._stopping = threading.Event()
+        self._reconciler: threading.Thread | None = None
 
     # folders -------------------------------------------------------------------------------
 
@@ -185,8 +189,24 @@ class Library:
             self.watcher.start()
             for folder in self.store.folders():
                 self.watcher.watch(folder.path)
+            self._reconciler = threading.Thread(
+                target=self._reconcile_periodically, name="dolphin-reconcile", daemon=True
+            )
+            self._reconciler.start()
+
+    def _reconcile_periodically(self) -> None:
+        """What the watcher missed (network drives, events dropped under load) is caught here."""
+        while not self._stopping.wait(RECONCILE_EVERY_S):
+            try:
+                self.reconcile()
+                for folder in self.store.folders():
+                    if self.watcher is not None and folder.path.is_dir():
+                        self.watcher.watch(folder.path)
+            except Exception as exc:  # noqa: BLE001 - keep reconciling; the error is shown in status
+                self.indexer.last_error = str(exc)
 
     def stop(self) -> None:
+        self._stopping.set()
         if self.watcher is not None:
             self.watcher.stop()
         self.indexer.stop()
