@@ -20,12 +20,21 @@ EXIT_INTERRUPTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from app.download import DownloadError
     from app.library.library import LibraryError
     from app.library.store import StoreError
     from inference.bundle import BundleError
     from inference.errors import InputError
 
-    errors: list[type[BaseException]] = [BundleError, InputError, OSError, UnicodeDecodeError, LibraryError, StoreError]
+    errors: list[type[BaseException]] = [
+        BundleError,
+        InputError,
+        OSError,
+        UnicodeDecodeError,
+        LibraryError,
+        StoreError,
+        DownloadError,
+    ]
     try:
         from onnx_export.checkpoint import CheckpointError
 
@@ -306,6 +315,19 @@ def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--threads", type=int, help="default: every core")
 
 
+def cmd_download(args: argparse.Namespace) -> int:
+    from app.download import download
+
+    print(download(args.repo, args.dest.expanduser()))
+    return 0
+
+
+def cmd_gui(args: argparse.Namespace) -> int:
+    from app.ui.main import run_app
+
+    return run_app(Path(args.data_dir).expanduser() if getattr(args, "data_dir", None) else None)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dolphin-desk", description="Chat with your own files, offline.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
@@ -349,6 +371,15 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--chunk-tokens", type=int, default=384, help="tokens per memory (default 384)")
         command.set_defaults(handler=handler)
 
+    download = commands.add_parser("download", help="download a Dolphin checkpoint from the Hugging Face hub")
+    download.add_argument("repo", nargs="?", default="NexaAIDev/Squid")
+    download.add_argument("dest", type=Path)
+    download.set_defaults(handler=cmd_download)
+
+    gui = commands.add_parser("gui", help="start the desktop app (the default with no command)")
+    gui.add_argument("--data-dir")
+    gui.set_defaults(handler=cmd_gui)
+
     status = commands.add_parser("status", help="what is indexed, per folder and document")
     status.add_argument("--data-dir")
     status.add_argument("--json", action="store_true")
@@ -360,8 +391,7 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if args.command is None:
-        parser.print_help()
-        return 0
+        args = parser.parse_args(["gui"])
     return run_guarded(lambda: args.handler(args), debug=args.debug)
 
 

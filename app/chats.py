@@ -1,0 +1,97 @@
+"""Conversations and their messages, persisted in the data folder (SQLite). No Qt here."""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL,
+                                          updated REAL NOT NULL);
+CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY,
+    conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
+    role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), text TEXT NOT NULL, sources TEXT, stats TEXT,
+    created REAL NOT NULL);
+PRAGMA user_version = 1;
+"""
+
+
+@dataclass
+class Message:
+    role: str
+    text: str
+    sources: list[dict] = field(default_factory=list)
+    stats: dict = field(default_factory=dict)
+    id: int | None = None
+
+
+@dataclass
+class Conversation:
+    id: int
+    title: str
+    updated: float
+
+
+class ChatStore:
+    def __init__(self, data_dir: Path) -> None:
+        Path(data_dir).mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(Path(data_dir) / "chats.sqlite3", check_same_thread=False, isolation_level=None)
+        self._db.execute("PRAGMA foreign_keys=ON")
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.executescript(_SCHEMA)
+        self._lock = threading.Lock()
+
+    def close(self) -> None:
+        self._db.close()
+
+    def conversations(self) -> list[Conversation]:
+        with self._lock:
+            rows = self._db.execute("SELECT id, title, updated FROM conversations ORDER BY updated DESC").fetchall()
+        return [Conversation(*row) for row in rows]
+
+    def create(self, title: str = "New chat") -> Conversation:
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO conversations(title, created, updated) VALUES (?, ?, ?)", (title, now, now)
+            )
+        return Conversation(int(cursor.lastrowid), title, now)
+
+    def rename(self, conversation_id: int, title: str) -> None:
+        title = title.strip() or "Untitled"
+        with self._lock:
+            self._db.execute("UPDATE conversations SET title=? WHERE id=?", (title, conversation_id))
+
+    def delete(self, conversation_id: int) -> None:
+        with self._lock:
+            self._db.execute("DELETE FROM conversations WHERE id=?", (conversation_id,))
+
+    def messages(self, conversation_id: int) -> list[Message]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT role, text, sources, stats, id FROM messages WHERE conversation_id=? ORDER BY id",
+                (conversation_id,),
+            ).fetchall()
+        return [Message(r[0], r[1], json.loads(r[2] or "[]"), json.loads(r[3] or "{}"), r[4]) for r in rows]
+
+    def add(self, conversation_id: int, message: Message) -> Message:
+        now = time.time()
+        with self._lock:
+            cursor = self._db.execute(
+                "INSERT INTO messages(conversation_id, role, text, sources, stats, created) VALUES (?, ?, ?, ?, ?, ?)",
+                (
+                    conversation_id,
+                    message.role,
+                    message.text,
+                    json.dumps(message.sources),
+                    json.dumps(message.stats),
+                    now,
+                ),
+            )
+            self._db.execute("UPDATE conversations SET updated=? WHERE id=?", (now, conversation_id))
+        message.id = int(cursor.lastrowid)
+        return message

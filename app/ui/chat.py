@@ -1,0 +1,273 @@
+"""The conversation view: Markdown messages, streaming answers, sources and cost under each."""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QKeyEvent
+from PySide6.QtWidgets import (
+    QFrame,
+    QHBoxLayout,
+    QLabel,
+    QPlainTextEdit,
+    QPushButton,
+    QScrollArea,
+    QSizePolicy,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.chats import Message
+
+
+def format_cost(stats: dict) -> str:
+    """'first token 0.42 s · 18.3 tokens/s · 3 memories stood in for 1,052 text tokens'."""
+    if not stats:
+        return ""
+    parts = []
+    if stats.get("first_token_s"):
+        parts.append(f"first token {stats['first_token_s']:.2f} s")
+    if stats.get("decode_tokens_per_s"):
+        parts.append(f"{stats['decode_tokens_per_s']:.1f} tokens/s")
+    if stats.get("memory_count"):
+        parts.append(
+            f"{stats['memory_count']} memories stood in for {stats.get('text_tokens_replaced', 0):,} text tokens"
+        )
+    if stats.get("stop_reason") == "cancelled":
+        parts.append("stopped")
+    return " · ".join(parts)
+
+
+class MessageView(QFrame):
+    """One message; an assistant message can grow while it streams."""
+
+    def __init__(self, message: Message, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("assistantMessage" if message.role == "assistant" else "userMessage")
+        self.setFrameShape(QFrame.Shape.NoFrame)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(14, 10, 14, 10)
+        layout.setSpacing(6)
+        who = QLabel("Dolphin" if message.role == "assistant" else "You")
+        who.setObjectName("messageAuthor")
+        layout.addWidget(who)
+        self.body = QLabel()
+        self.body.setObjectName("messageBody")
+        self.body.setTextFormat(Qt.TextFormat.MarkdownText)
+        self.body.setWordWrap(True)
+        self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.body.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        layout.addWidget(self.body)
+        self.sources = QLabel()
+        self.sources.setObjectName("messageSources")
+        self.sources.setTextFormat(Qt.TextFormat.RichText)
+        self.sources.setWordWrap(True)
+        self.sources.setOpenExternalLinks(False)
+        self.sources.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        self.sources.linkActivated.connect(lambda url: QDesktopServices.openUrl(QUrl(url)))
+        layout.addWidget(self.sources)
+        self.cost = QLabel()
+        self.cost.setObjectName("messageCost")
+        self.cost.setWordWrap(True)
+        self.cost.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        layout.addWidget(self.cost)
+        self.text = message.text
+        self.set_text(message.text)
+        self.set_details(message.sources, message.stats)
+
+    def set_text(self, text: str) -> None:
+        self.text = text
+        self.body.setText(text or "…")
+
+    def set_details(self, sources: list[dict], stats: dict) -> None:
+        lines = []
+        for number, source in enumerate(sources, start=1):
+            path = Path(source["path"])
+            page = f", page {source['page']}" if source.get("page") else ""
+            excerpt = " ".join(source.get("text", "").split())[:140]
+            url = QUrl.fromLocalFile(str(path)).toString()
+            lines.append(
+                f'<a href="{html.escape(url)}">[{number}] {html.escape(path.name)}{page}</a>'
+                f' <span style="color:#6b7785">— {html.escape(excerpt)}…</span>'
+            )
+        self.sources.setText("<br>".join(lines))
+        self.sources.setVisible(bool(lines))
+        cost = format_cost(stats)
+        notes = stats.get("notes") or []
+        self.cost.setText(" · ".join([cost, *notes]) if notes else cost)
+        self.cost.setVisible(bool(self.cost.text()))
+
+
+class Transcript(QScrollArea):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWidgetResizable(True)
+        self.setObjectName("transcript")
+        self.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self._inner = QWidget()
+        self._inner.setObjectName("transcriptInner")
+        self._layout = QVBoxLayout(self._inner)
+        self._layout.setContentsMargins(18, 18, 18, 18)
+        self._layout.setSpacing(12)
+        self._layout.addStretch(1)
+        self.setWidget(self._inner)
+        self.views: list[MessageView] = []
+
+    def clear(self) -> None:
+        for view in self.views:
+            view.deleteLater()
+        self.views = []
+
+    def add(self, message: Message) -> MessageView:
+        view = MessageView(message)
+        self._layout.insertWidget(self._layout.count() - 1, view)
+        self.views.append(view)
+        QTimer.singleShot(0, self.scroll_to_end)
+        return view
+
+    def scroll_to_end(self) -> None:
+        bar = self.verticalScrollBar()
+        bar.setValue(bar.maximum())
+
+
+class Composer(QPlainTextEdit):
+    """Enter sends, Shift+Enter adds a newline, Esc stops the answer."""
+
+    send_requested = Signal()
+    stop_requested = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setPlaceholderText("Ask about your files…  (Enter sends, Shift+Enter adds a line)")
+        self.setObjectName("composer")
+        self.setFixedHeight(72)
+
+    def keyPressEvent(self, event: QKeyEvent) -> None:
+        if (
+            event.key() in (Qt.Key.Key_Return, Qt.Key.Key_Enter)
+            and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier
+        ):
+            self.send_requested.emit()
+            return
+        if event.key() == Qt.Key.Key_Escape:
+            self.stop_requested.emit()
+            return
+        super().keyPressEvent(event)
+
+
+class ChatPanel(QWidget):
+    send = Signal(str)
+    stop = Signal()
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        layout.setSpacing(0)
+        self.banner = QLabel()
+        self.banner.setObjectName("banner")
+        self.banner.setWordWrap(True)
+        self.banner.hide()
+        layout.addWidget(self.banner)
+        self.transcript = Transcript()
+        layout.addWidget(self.transcript, 1)
+        bottom = QHBoxLayout()
+        bottom.setContentsMargins(12, 10, 12, 12)
+        self.composer = Composer()
+        self.button = QPushButton("Send")
+        self.button.setObjectName("sendButton")
+        self.button.setFixedWidth(88)
+        bottom.addWidget(self.composer, 1)
+        bottom.addWidget(self.button)
+        layout.addLayout(bottom)
+        self.generating = False
+        self.composer.send_requested.connect(self._send)
+        self.composer.stop_requested.connect(self._stop)
+        self.button.clicked.connect(lambda: self._stop() if self.generating else self._send())
+        self._pending_text: str | None = None
+        self._streaming: MessageView | None = None
+        self._flush = QTimer(self)
+        self._flush.setInterval(33)
+        self._flush.timeout.connect(self._apply_pending)
+
+    def event(self, event: QEvent) -> bool:
+        if (
+            event.type() == QEvent.Type.ShortcutOverride
+            and isinstance(event, QKeyEvent)
+            and event.key() == Qt.Key.Key_Escape
+        ):
+            self._stop()
+            return True
+        return super().event(event)
+
+    def _send(self) -> None:
+        text = self.composer.toPlainText().strip()
+        if text and not self.generating:
+            self.send.emit(text)
+
+    def _stop(self) -> None:
+        if self.generating:
+            self.stop.emit()
+
+    def set_generating(self, generating: bool) -> None:
+        self.generating = generating
+        self.button.setText("Stop" if generating else "Send")
+        self.button.setObjectName("stopButton" if generating else "sendButton")
+        self.button.style().unpolish(self.button)
+        self.button.style().polish(self.button)
+
+    def show_messages(self, messages: list[Message]) -> None:
+        self.transcript.clear()
+        for message in messages:
+            self.transcript.add(message)
+
+    def begin_answer(self) -> MessageView:
+        self._streaming = self.transcript.add(Message("assistant", ""))
+        self._flush.start()
+        return self._streaming
+
+    def append_piece(self, piece: str) -> None:
+        """Tokens arrive faster than a repaint is worth; the view catches up 30 times a second."""
+        if self._streaming is not None:
+            self._pending_text = (
+                self._pending_text if self._pending_text is not None else self._streaming.text
+            ) + piece
+
+    def _apply_pending(self) -> None:
+        if self._streaming is not None and self._pending_text is not None:
+            self._streaming.set_text(self._pending_text)
+            self._pending_text = None
+            self.transcript.scroll_to_end()
+
+    def finish_answer(self, text: str, sources: list[dict], stats: dict) -> None:
+        self._flush.stop()
+        self._pending_text = None
+        if self._streaming is not None:
+            self._streaming.set_text(text)
+            self._streaming.set_details(sources, stats)
+            self._streaming = None
+        self.transcript.scroll_to_end()
+
+    def show_banner(self, text: str) -> None:
+        self.banner.setText(text)
+        self.banner.setVisible(bool(text))
+
+
+def install_escape_filter(target: QObject, panel: ChatPanel) -> None:
+    """Esc anywhere in the window stops the answer."""
+
+    class _Filter(QObject):
+        def eventFilter(self, _obj: QObject, event: QEvent) -> bool:
+            if (
+                event.type() == QEvent.Type.KeyPress
+                and isinstance(event, QKeyEvent)
+                and event.key() == Qt.Key.Key_Escape
+            ):
+                if panel.generating:
+                    panel.stop.emit()
+                    return True
+            return False
+
+    target.installEventFilter(_Filter(target))

@@ -1,0 +1,226 @@
+"""The app's state behind the window: settings, model, library, chats, and background work.
+
+Every slow call (loading the model, scanning folders, reading status, answering) runs in a
+worker; results come back as signals on the GUI thread.
+"""
+
+from __future__ import annotations
+
+import threading
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QObject, QThread, QTimer, Signal
+
+from app.chats import ChatStore
+from app.library.indexer import IndexProgress
+from app.library.library import Library, LibraryAnswer, library_status
+from app.power import on_battery
+from app.settings import Settings, load_settings, save_settings
+from app.ui.tasks import TaskRunner
+from inference import DolphinModel, GenerationSettings
+
+
+class AnswerWorker(QThread):
+    """Streams one answer; `stop()` ends it after the current token."""
+
+    piece = Signal(str)
+    completed = Signal(str, list, dict)
+    failed = Signal(str, str)
+
+    def __init__(self, library: Library, question: str, settings: Settings) -> None:
+        super().__init__()
+        self._library = library
+        self._question = question
+        self._settings = settings
+        self._answer: LibraryAnswer | None = None
+        self._stopped = threading.Event()
+
+    def stop(self) -> None:
+        self._stopped.set()
+        if self._answer is not None:
+            self._answer.cancel()
+
+    def run(self) -> None:
+        import traceback
+
+        try:
+            generation = GenerationSettings(
+                max_new_tokens=self._settings.max_new_tokens,
+                greedy=self._settings.greedy,
+                temperature=self._settings.temperature,
+                top_p=self._settings.top_p,
+            )
+            self._answer = self._library.ask(self._question, k=self._settings.top_k, settings=generation)
+            if self._stopped.is_set():
+                self._answer.cancel()
+            for text in self._answer:
+                self.piece.emit(text)
+            stats = self._answer.stream.stats.as_dict()
+            stats["notes"] = self._answer.notes
+            sources = [s.as_dict() for s in self._answer.sources]
+            self.completed.emit(self._answer.stream.text, sources, stats)
+        except Exception as exc:  # noqa: BLE001 - shown to the user in the chat
+            self.failed.emit(str(exc) or type(exc).__name__, traceback.format_exc())
+
+
+class AppController(QObject):
+    model_state_changed = Signal(str, str)
+    index_progress = Signal(object)
+    status_ready = Signal(dict)
+    error = Signal(str, str)
+
+    def __init__(self, data_dir: Path, parent: QObject | None = None) -> None:
+        super().__init__(parent)
+        self.data_dir = Path(data_dir)
+        self.data_dir.mkdir(parents=True, exist_ok=True)
+        self.settings, settings_note = load_settings(self.data_dir)
+        self.chats = ChatStore(self.data_dir)
+        self.tasks = TaskRunner(self)
+        self.model: DolphinModel | None = None
+        self.library: Library | None = None
+        self.model_state = "missing"
+        self.model_message = "No model bundle yet"
+        self.last_progress: IndexProgress | None = None
+        self._status_pending = False
+        self._paused_for_battery = False
+        self._battery_timer = QTimer(self)
+        self._battery_timer.setInterval(30_000)
+        self._battery_timer.timeout.connect(self._check_battery)
+        self._battery_timer.start()
+        if settings_note:
+            QTimer.singleShot(0, lambda: self.error.emit(settings_note, ""))
+
+    # model ---------------------------------------------------------------------------------
+
+    def _set_model_state(self, state: str, message: str) -> None:
+        self.model_state, self.model_message = state, message
+        self.model_state_changed.emit(state, message)
+
+    def load_model(self) -> None:
+        """Load the configured bundle and open the library; nothing blocks the window."""
+        bundle = self.settings.bundle_path
+        if not bundle:
+            self._set_model_state("missing", "No model bundle yet")
+            return
+        self._set_model_state("loading", f"Loading {Path(bundle).name}…")
+        self._shutdown_library()
+        settings = self.settings
+
+        def work() -> tuple[DolphinModel, Library]:
+            model = DolphinModel.load(bundle, provider=settings.provider, threads=settings.threads or None)
+            library = Library(
+                self.data_dir, model, chunk_tokens=settings.chunk_tokens, on_progress=self.index_progress.emit
+            )
+            library.start(watch=True)
+            return model, library
+
+        def done(result: tuple[DolphinModel, Library]) -> None:
+            self.model, self.library = result
+            label = {"cpu": "CPU", "cuda": "CUDA", "dml": "DirectML"}[self.model.provider]
+            self._set_model_state("ready", f"{Path(bundle).name} · {self.model.manifest.precision} · {label}")
+            self._check_battery()
+            self.refresh_status()
+
+        def failed(message: str, details: str) -> None:
+            self._set_model_state("error", message)
+            self.error.emit(f"The model could not be loaded: {message}", details)
+
+        self.tasks.run(work, done, failed)
+
+    def use_bundle(self, path: str) -> None:
+        self.settings.bundle_path = path
+        self.save_settings()
+        self.load_model()
+
+    def save_settings(self) -> None:
+        try:
+            save_settings(self.data_dir, self.settings)
+        except OSError as exc:
+            self.error.emit(f"Settings could not be saved: {exc.strerror or exc}", "")
+
+    # library -------------------------------------------------------------------------------
+
+    def _run_on_library(self, work_name: str, work: Any, refresh: bool = True) -> None:
+        library = self.library
+        if library is None:
+            self.error.emit("Load a model bundle before adding folders.", "")
+            return
+
+        def failed(message: str, details: str) -> None:
+            self.error.emit(f"{work_name}: {message}", details)
+
+        self.tasks.run(lambda: work(library), lambda _: self.refresh_status() if refresh else None, failed)
+
+    def add_folder(self, path: str) -> None:
+        include, exclude = self.settings.include_patterns, self.settings.exclude_patterns
+        self._run_on_library("Adding the folder failed", lambda lib: lib.add_folder(Path(path), include, exclude))
+
+    def remove_folder(self, path: str) -> None:
+        self._run_on_library("Removing the folder failed", lambda lib: lib.remove_folder(Path(path)))
+
+    def reindex(self, path: str) -> None:
+        def work(library: Library) -> None:
+            target = Path(path)
+            documents = [d for d in library.store.documents() if d.path == target or target in d.path.parents]
+            for document in documents:
+                library.store.set_state(document.path, "failed", "re-index requested")
+                library.store.upsert_pending(document.folder_id, document.path, 0)
+            library.indexer.wake()
+
+        self._run_on_library("Re-indexing failed", work)
+
+    def set_paused(self, paused: bool) -> None:
+        if self.library is None:
+            return
+        if paused:
+            self.library.indexer.pause()
+        else:
+            self.library.indexer.resume()
+
+    def _check_battery(self) -> None:
+        if self.library is None:
+            return
+        battery = on_battery() if self.settings.pause_on_battery else False
+        if battery and not self.library.indexer.paused:
+            self._paused_for_battery = True
+            self.library.indexer.pause()
+        elif not battery and self._paused_for_battery:
+            self._paused_for_battery = False
+            self.library.indexer.resume()
+
+    def refresh_status(self) -> None:
+        """Re-read folder and document states in the background (coalesced)."""
+        if self.library is None or self._status_pending:
+            return
+        self._status_pending = True
+        store = self.library.store
+
+        def done(status: dict) -> None:
+            self._status_pending = False
+            self.status_ready.emit(status)
+
+        def failed(message: str, details: str) -> None:
+            self._status_pending = False
+            self.error.emit(f"The library could not be read: {message}", details)
+
+        self.tasks.run(lambda: library_status(store), done, failed)
+
+    # answers -------------------------------------------------------------------------------
+
+    def answer(self, question: str) -> AnswerWorker | None:
+        if self.library is None:
+            self.error.emit("The model is not ready yet.", "")
+            return None
+        return AnswerWorker(self.library, question, self.settings)
+
+    def _shutdown_library(self) -> None:
+        if self.library is not None:
+            library, self.library, self.model = self.library, None, None
+            library.stop()
+
+    def shutdown(self) -> None:
+        self._battery_timer.stop()
+        self.tasks.wait()
+        self._shutdown_library()
+        self.chats.close()

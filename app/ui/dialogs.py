@@ -1,0 +1,152 @@
+"""Settings and About dialogs."""
+
+from __future__ import annotations
+
+import dataclasses
+import platform
+
+from PySide6.QtWidgets import (
+    QCheckBox,
+    QComboBox,
+    QDialog,
+    QDialogButtonBox,
+    QDoubleSpinBox,
+    QFileDialog,
+    QFormLayout,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QMessageBox,
+    QPlainTextEdit,
+    QPushButton,
+    QSpinBox,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.settings import Settings, SettingsError
+from inference.providers import LABELS, available_providers
+
+
+class SettingsDialog(QDialog):
+    def __init__(self, settings: Settings, data_dir: str, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWindowTitle("Settings")
+        self.setMinimumWidth(560)
+        self._settings = settings
+        form = QFormLayout()
+        bundle_row = QHBoxLayout()
+        self.bundle = QLineEdit(settings.bundle_path)
+        browse = QPushButton("Browse…")
+        browse.clicked.connect(self._browse)
+        bundle_row.addWidget(self.bundle, 1)
+        bundle_row.addWidget(browse)
+        form.addRow("Model bundle", bundle_row)
+        self.provider = QComboBox()
+        available = available_providers()
+        self.provider.addItem("Automatic (the bundle's own)", "auto")
+        for name in ("cpu", "cuda", "dml"):
+            suffix = "" if name in available else " — not available here"
+            self.provider.addItem(LABELS[name] + suffix, name)
+        self.provider.setCurrentIndex(max(0, self.provider.findData(settings.provider)))
+        form.addRow("Execution provider", self.provider)
+        self.threads = QSpinBox()
+        self.threads.setRange(0, 512)
+        self.threads.setSpecialValueText("All cores")
+        self.threads.setValue(settings.threads)
+        form.addRow("Threads", self.threads)
+        self.top_k = QSpinBox()
+        self.top_k.setRange(1, 16)
+        self.top_k.setValue(settings.top_k)
+        form.addRow("Memory blocks per answer", self.top_k)
+        self.chunk_tokens = QSpinBox()
+        self.chunk_tokens.setRange(32, 2048)
+        self.chunk_tokens.setValue(settings.chunk_tokens)
+        self.chunk_tokens.setSuffix(" tokens")
+        form.addRow("Chunk size", self.chunk_tokens)
+        self.max_new_tokens = QSpinBox()
+        self.max_new_tokens.setRange(1, 8192)
+        self.max_new_tokens.setValue(settings.max_new_tokens)
+        self.max_new_tokens.setSuffix(" tokens")
+        form.addRow("Maximum answer length", self.max_new_tokens)
+        self.temperature = QDoubleSpinBox()
+        self.temperature.setRange(0.05, 5.0)
+        self.temperature.setSingleStep(0.05)
+        self.temperature.setValue(settings.temperature)
+        form.addRow("Temperature", self.temperature)
+        self.greedy = QCheckBox("Greedy decoding (as the reference model was evaluated)")
+        self.greedy.setChecked(settings.greedy)
+        form.addRow("", self.greedy)
+        self.include = QPlainTextEdit(" ".join(settings.include_patterns))
+        self.include.setFixedHeight(60)
+        form.addRow("Include patterns", self.include)
+        self.exclude = QPlainTextEdit(" ".join(settings.exclude_patterns))
+        self.exclude.setFixedHeight(48)
+        form.addRow("Exclude patterns", self.exclude)
+        data = QLabel(data_dir)
+        data.setToolTip("Set DOLPHIN_DESK_DATA_DIR or start with --data-dir to use another folder")
+        form.addRow("Data folder", data)
+        self.battery = QCheckBox("Pause indexing while on battery")
+        self.battery.setChecked(settings.pause_on_battery)
+        form.addRow("", self.battery)
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        layout.addLayout(form)
+        layout.addWidget(buttons)
+        self.result_settings: Settings | None = None
+
+    def _browse(self) -> None:
+        path = QFileDialog.getExistingDirectory(self, "Choose a model bundle")
+        if path:
+            self.bundle.setText(path)
+
+    def values(self) -> Settings:
+        return dataclasses.replace(
+            self._settings,
+            bundle_path=self.bundle.text().strip(),
+            provider=self.provider.currentData(),
+            threads=self.threads.value(),
+            top_k=self.top_k.value(),
+            chunk_tokens=self.chunk_tokens.value(),
+            max_new_tokens=self.max_new_tokens.value(),
+            temperature=round(self.temperature.value(), 2),
+            greedy=self.greedy.isChecked(),
+            include_patterns=self.include.toPlainText().split(),
+            exclude_patterns=self.exclude.toPlainText().split(),
+            pause_on_battery=self.battery.isChecked(),
+        )
+
+    def _accept(self) -> None:
+        candidate = self.values()
+        try:
+            candidate.validate()
+        except SettingsError as exc:
+            QMessageBox.warning(self, "Settings", str(exc).capitalize())
+            return
+        self.result_settings = candidate
+        self.accept()
+
+
+def about_text(bundle: str | None) -> str:
+    import onnxruntime
+
+    from app import __version__
+
+    try:
+        import onnxruntime_genai
+
+        genai = onnxruntime_genai.__version__
+    except ImportError:
+        genai = "not installed (needed only to convert models)"
+    from PySide6 import __version__ as pyside
+
+    return (
+        f"<h3>Dolphin Desk {__version__}</h3>"
+        "<p>Chat with your own files, offline. Built on Nexa AI's Dolphin architecture "
+        "(arXiv 2408.15518): long context as a modality of its own.</p>"
+        f"<p>Model bundle: {bundle or 'none'}<br>ONNX Runtime {onnxruntime.__version__} "
+        f"({', '.join(onnxruntime.get_available_providers())})<br>ONNX Runtime GenAI {genai}<br>"
+        f"Qt for Python {pyside} · Python {platform.python_version()} · {platform.system()} {platform.machine()}</p>"
+    )

@@ -1,0 +1,47 @@
+"""Start the desktop app."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+from PySide6.QtGui import QIcon
+from PySide6.QtWidgets import QApplication
+
+from app.library.paths import default_data_dir
+from app.ui.controller import AppController
+from app.ui.main_window import MainWindow
+
+ASSETS = Path(__file__).resolve().parents[2] / "assets"
+
+
+def assets_dir() -> Path:
+    """The assets folder, from a source checkout or inside a packaged app."""
+    frozen = getattr(sys, "_MEIPASS", None)
+    return Path(frozen) / "assets" if frozen else ASSETS
+
+
+def create_window(data_dir: Path | None = None) -> tuple[MainWindow, AppController]:
+    app = QApplication.instance()
+    assert app is not None
+    app.setApplicationName("Dolphin Desk")
+    app.setOrganizationName("Dolphin Desk")
+    icon = assets_dir() / "icon.svg"
+    if icon.exists():
+        app.setWindowIcon(QIcon(str(icon)))
+    style = assets_dir() / "style.qss"
+    if style.exists():
+        app.setStyleSheet(style.read_text(encoding="utf-8"))
+    controller = AppController(data_dir or default_data_dir())
+    window = MainWindow(controller)
+    controller.load_model()
+    return window, controller
+
+
+def run_app(data_dir: Path | None = None) -> int:
+    app = QApplication.instance() or QApplication(sys.argv)
+    window, controller = create_window(data_dir)
+    window.show()
+    code = app.exec()
+    controller.shutdown()
+    return code

@@ -1,0 +1,278 @@
+"""The main window: conversations, chat, folders, status bar."""
+
+from __future__ import annotations
+
+from PySide6.QtCore import Qt, QTimer
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtWidgets import (
+    QHBoxLayout,
+    QInputDialog,
+    QLabel,
+    QListWidget,
+    QListWidgetItem,
+    QMainWindow,
+    QMessageBox,
+    QPushButton,
+    QSplitter,
+    QStackedWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from app.chats import Message
+from app.library.indexer import IndexProgress
+from app.ui.chat import ChatPanel, install_escape_filter
+from app.ui.controller import AnswerWorker, AppController
+from app.ui.dialogs import SettingsDialog, about_text
+from app.ui.folders import FoldersPanel
+from app.ui.welcome import WelcomePage
+
+APP_TITLE = "Dolphin Desk"
+
+
+class ConversationList(QWidget):
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("sidebar")
+        layout = QVBoxLayout(self)
+        layout.setContentsMargins(10, 12, 10, 12)
+        title = QLabel("Chats")
+        title.setObjectName("panelTitle")
+        layout.addWidget(title)
+        self.new_button = QPushButton("+ New chat")
+        self.new_button.setObjectName("newChat")
+        layout.addWidget(self.new_button)
+        self.list = QListWidget()
+        self.list.setObjectName("conversations")
+        self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
+        self.list.setTextElideMode(Qt.TextElideMode.ElideRight)
+        layout.addWidget(self.list, 1)
+        row = QHBoxLayout()
+        self.rename_button = QPushButton("Rename")
+        self.delete_button = QPushButton("Delete")
+        row.addWidget(self.rename_button)
+        row.addWidget(self.delete_button)
+        layout.addLayout(row)
+
+
+class MainWindow(QMainWindow):
+    def __init__(self, controller: AppController) -> None:
+        super().__init__()
+        self.controller = controller
+        self.worker: AnswerWorker | None = None
+        self.conversation_id: int | None = None
+        self.setWindowTitle(APP_TITLE)
+        self.resize(1280, 800)
+        self.welcome = WelcomePage(controller.data_dir, controller.settings.hub_repo)
+        self.sidebar = ConversationList()
+        self.chat = ChatPanel()
+        self.folders = FoldersPanel()
+        splitter = QSplitter()
+        splitter.addWidget(self.sidebar)
+        splitter.addWidget(self.chat)
+        splitter.addWidget(self.folders)
+        splitter.setSizes([220, 700, 420])
+        splitter.setChildrenCollapsible(False)
+        self.stack = QStackedWidget()
+        self.stack.addWidget(self.welcome)
+        self.stack.addWidget(splitter)
+        self.setCentralWidget(self.stack)
+        self.model_label = QLabel()
+        self.index_label = QLabel()
+        self.statusBar().addWidget(self.model_label, 1)
+        self.statusBar().addPermanentWidget(self.index_label)
+        self._build_menu()
+        self._connect()
+        install_escape_filter(self, self.chat)
+        self._status_timer = QTimer(self)
+        self._status_timer.setInterval(700)
+        self._status_timer.timeout.connect(controller.refresh_status)
+        self._status_timer.start()
+        self._load_conversations()
+        self._on_model_state(controller.model_state, controller.model_message)
+
+    # setup ---------------------------------------------------------------------------------
+
+    def _build_menu(self) -> None:
+        file_menu = self.menuBar().addMenu("&File")
+        add = QAction("&Add folder…", self)
+        add.triggered.connect(self.folders._choose_folder)
+        file_menu.addAction(add)
+        settings = QAction("&Settings…", self)
+        settings.setShortcut(QKeySequence.StandardKey.Preferences)
+        settings.triggered.connect(self.open_settings)
+        file_menu.addAction(settings)
+        file_menu.addSeparator()
+        quit_action = QAction("&Quit", self)
+        quit_action.setShortcut(QKeySequence.StandardKey.Quit)
+        quit_action.triggered.connect(self.close)
+        file_menu.addAction(quit_action)
+        help_menu = self.menuBar().addMenu("&Help")
+        about = QAction("&About Dolphin Desk", self)
+        about.triggered.connect(self.show_about)
+        help_menu.addAction(about)
+
+    def _connect(self) -> None:
+        c = self.controller
+        c.model_state_changed.connect(self._on_model_state)
+        c.index_progress.connect(self._on_progress)
+        c.status_ready.connect(self.folders.show_status)
+        c.error.connect(self._on_error)
+        self.welcome.bundle_chosen.connect(c.use_bundle)
+        self.folders.add_folder.connect(c.add_folder)
+        self.folders.remove_folder.connect(c.remove_folder)
+        self.folders.reindex.connect(c.reindex)
+        self.folders.pause_toggled.connect(c.set_paused)
+        self.chat.send.connect(self.ask)
+        self.chat.stop.connect(self.stop_answer)
+        self.sidebar.new_button.clicked.connect(self.new_conversation)
+        self.sidebar.rename_button.clicked.connect(self.rename_conversation)
+        self.sidebar.delete_button.clicked.connect(self.delete_conversation)
+        self.sidebar.list.currentItemChanged.connect(self._conversation_selected)
+
+    # model and library ----------------------------------------------------------------------
+
+    def _on_model_state(self, state: str, message: str) -> None:
+        icons = {"missing": "○", "loading": "◌", "ready": "●", "error": "⚠"}
+        self.model_label.setText(f"{icons.get(state, '')} Model: {message}")
+        if state == "ready":
+            self.stack.setCurrentIndex(1)
+            self.chat.show_banner("")
+        elif state in ("missing", "error") and self.controller.model is None:
+            self.stack.setCurrentIndex(0)
+            if state == "error":
+                self.welcome.show_message(f"The model bundle could not be loaded: {message}")
+        self.chat.button.setEnabled(state == "ready" or self.chat.generating)
+
+    def _on_progress(self, progress: IndexProgress) -> None:
+        self.folders.show_progress(progress)
+        if progress.state == "indexing":
+            self.index_label.setText(f"Indexing {progress.documents_done}/{progress.documents_total}")
+        elif progress.state == "paused":
+            self.index_label.setText("Indexing paused")
+        elif progress.state == "error":
+            self.index_label.setText("Indexing stopped")
+            if self.controller.library is not None and self.controller.library.indexer.last_error:
+                self.chat.show_banner(f"Indexing stopped: {self.controller.library.indexer.last_error}")
+        else:
+            self.index_label.setText(f"Library up to date · {progress.documents_total} documents")
+
+    def _on_error(self, message: str, details: str) -> None:
+        if self.stack.currentIndex() == 0:
+            self.welcome.show_message(message)
+        else:
+            self.chat.show_banner(message)
+        if details:
+            self.chat.banner.setToolTip(details)
+
+    def open_settings(self) -> None:
+        dialog = SettingsDialog(self.controller.settings, str(self.controller.data_dir), self)
+        if dialog.exec() and dialog.result_settings is not None:
+            old = self.controller.settings
+            self.controller.settings = dialog.result_settings
+            self.controller.save_settings()
+            reload_keys = ("bundle_path", "provider", "threads", "chunk_tokens")
+            if any(getattr(old, k) != getattr(dialog.result_settings, k) for k in reload_keys):
+                self.controller.load_model()
+
+    def show_about(self) -> None:
+        QMessageBox.about(self, "About Dolphin Desk", about_text(self.controller.settings.bundle_path or None))
+
+    # conversations ---------------------------------------------------------------------------
+
+    def _load_conversations(self, select: int | None = None) -> None:
+        conversations = self.controller.chats.conversations()
+        if not conversations:
+            conversations = [self.controller.chats.create()]
+        self.sidebar.list.blockSignals(True)
+        self.sidebar.list.clear()
+        for conversation in conversations:
+            item = QListWidgetItem(conversation.title)
+            item.setData(Qt.ItemDataRole.UserRole, conversation.id)
+            self.sidebar.list.addItem(item)
+        self.sidebar.list.blockSignals(False)
+        target = select if select is not None else conversations[0].id
+        for row in range(self.sidebar.list.count()):
+            if self.sidebar.list.item(row).data(Qt.ItemDataRole.UserRole) == target:
+                self.sidebar.list.setCurrentRow(row)
+
+    def _conversation_selected(self, current: QListWidgetItem | None, _previous: QListWidgetItem | None) -> None:
+        if current is None:
+            return
+        if self.worker is not None:
+            self.stop_answer()
+        self.conversation_id = current.data(Qt.ItemDataRole.UserRole)
+        self.chat.show_messages(self.controller.chats.messages(self.conversation_id))
+        self.setWindowTitle(f"{APP_TITLE} — {current.text()}")
+
+    def new_conversation(self) -> None:
+        conversation = self.controller.chats.create()
+        self._load_conversations(select=conversation.id)
+
+    def rename_conversation(self) -> None:
+        item = self.sidebar.list.currentItem()
+        if item is None:
+            return
+        title, ok = QInputDialog.getText(self, "Rename chat", "Name:", text=item.text())
+        if ok:
+            self.controller.chats.rename(item.data(Qt.ItemDataRole.UserRole), title)
+            self._load_conversations(select=item.data(Qt.ItemDataRole.UserRole))
+
+    def delete_conversation(self) -> None:
+        item = self.sidebar.list.currentItem()
+        if item is None:
+            return
+        self.controller.chats.delete(item.data(Qt.ItemDataRole.UserRole))
+        self._load_conversations()
+
+    # answering -------------------------------------------------------------------------------
+
+    def ask(self, question: str) -> None:
+        if self.conversation_id is None or self.worker is not None:
+            return
+        worker = self.controller.answer(question)
+        if worker is None:
+            return
+        chats = self.controller.chats
+        if not chats.messages(self.conversation_id):
+            chats.rename(self.conversation_id, question[:48])
+            self._load_conversations(select=self.conversation_id)
+        self.chat.transcript.add(chats.add(self.conversation_id, Message("user", question)))
+        self.chat.composer.clear()
+        self.chat.show_banner("")
+        self.chat.begin_answer()
+        self.chat.set_generating(True)
+        conversation = self.conversation_id
+        worker.piece.connect(self.chat.append_piece)
+        worker.completed.connect(lambda text, sources, stats: self._answered(conversation, text, sources, stats))
+        worker.failed.connect(self._answer_failed)
+        worker.finished.connect(self._worker_finished)
+        self.worker = worker
+        worker.start()
+
+    def stop_answer(self) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+
+    def _answered(self, conversation: int, text: str, sources: list, stats: dict) -> None:
+        self.controller.chats.add(conversation, Message("assistant", text, sources, stats))
+        if conversation == self.conversation_id:
+            self.chat.finish_answer(text, sources, stats)
+
+    def _answer_failed(self, message: str, details: str) -> None:
+        self.chat.finish_answer("", [], {})
+        self.chat.show_banner(f"The answer failed: {message}")
+        self.chat.banner.setToolTip(details)
+
+    def _worker_finished(self) -> None:
+        if self.worker is not None:
+            self.worker.deleteLater()
+        self.worker = None
+        self.chat.set_generating(False)
+
+    def closeEvent(self, event: QCloseEvent) -> None:
+        if self.worker is not None:
+            self.worker.stop()
+            self.worker.wait(10000)
+        self._status_timer.stop()
+        event.accept()
