@@ -84,6 +84,10 @@ class AppController(QObject):
         self.last_progress: IndexProgress | None = None
         self._status_pending = False
         self._paused_for_battery = False
+        self._lock = threading.Lock()
+        self._closing = False
+        self._generation = 0
+        self._loaded: list[Library] = []
         self._battery_timer = QTimer(self)
         self._battery_timer.setInterval(30_000)
         self._battery_timer.timeout.connect(self._check_battery)
@@ -106,16 +110,26 @@ class AppController(QObject):
         self._set_model_state("loading", f"Loading {Path(bundle).name}…")
         self._shutdown_library()
         settings = self.settings
+        self._generation += 1
+        generation = self._generation
 
         def work() -> tuple[DolphinModel, Library]:
             model = DolphinModel.load(bundle, provider=settings.provider, threads=settings.threads or None)
             library = Library(
                 self.data_dir, model, chunk_tokens=settings.chunk_tokens, on_progress=self.index_progress.emit
             )
+            with self._lock:
+                if self._closing:
+                    library.stop()
+                    raise RuntimeError("the app is closing")
+                self._loaded.append(library)
             library.start(watch=True)
             return model, library
 
         def done(result: tuple[DolphinModel, Library]) -> None:
+            if self._closing or generation != self._generation:
+                self._stop_library(result[1])
+                return
             self.model, self.library = result
             label = {"cpu": "CPU", "cuda": "CUDA", "dml": "DirectML"}[self.model.provider]
             self._set_model_state("ready", f"{Path(bundle).name} · {self.model.manifest.precision} · {label}")
@@ -214,13 +228,25 @@ class AppController(QObject):
             return None
         return AnswerWorker(self.library, question, self.settings)
 
+    def _stop_library(self, library: Library) -> None:
+        with self._lock:
+            if library not in self._loaded:
+                return
+            self._loaded.remove(library)
+        library.stop()
+
     def _shutdown_library(self) -> None:
         if self.library is not None:
             library, self.library, self.model = self.library, None, None
-            library.stop()
+            self._stop_library(library)
 
     def shutdown(self) -> None:
+        """Stop every library this controller started, including one still being loaded."""
+        with self._lock:
+            self._closing = True
         self._battery_timer.stop()
         self.tasks.wait()
-        self._shutdown_library()
+        self.library = self.model = None
+        for library in list(self._loaded):
+            self._stop_library(library)
         self.chats.close()
