@@ -221,3 +221,24 @@ def test_errors_from_a_real_process_have_no_traceback(tmp_path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert result.stderr.strip().startswith("dolphin-desk: error: ")
+
+
+def test_hub_ids_offline_are_a_clear_error(tmp_path) -> None:
+    import os
+
+    env_before = os.environ.get("HF_HUB_OFFLINE")
+    os.environ["HF_HUB_OFFLINE"] = "1"
+    try:
+        result = run_cli("convert", "NexaAIDev/Squid", str(tmp_path / "out"))
+        download = run_cli("download", "NexaAIDev/Squid", str(tmp_path / "ckpt"))
+    finally:
+        if env_before is None:
+            os.environ.pop("HF_HUB_OFFLINE")
+        else:
+            os.environ["HF_HUB_OFFLINE"] = env_before
+    for outcome in (result, download):
+        assert outcome.returncode == 1
+        assert "Traceback" not in outcome.stderr
+        assert outcome.stderr.strip().splitlines()[-1].startswith("dolphin-desk: error: ")
+    assert "could not download NexaAIDev/Squid" in result.stderr
+    assert "offline" in download.stderr

@@ -252,3 +252,41 @@ def test_the_event_loop_never_stalls_while_indexing_and_answering(
         f"over {len(gaps)} ticks"
     )
     assert worst_ms < 2000
+
+
+def test_dropping_a_folder_adds_it(qtbot, open_window, fp32_bundle, tmp_path) -> None:
+    from PySide6.QtCore import QMimeData, QPointF, QUrl
+    from PySide6.QtGui import QDropEvent
+
+    folder = tmp_path / "Dropped"
+    folder.mkdir()
+    (folder / "note.md").write_text("A note dropped in from the file manager.")
+    window, controller = open_window(settings=Settings(bundle_path=str(fp32_bundle)))
+    wait_ready(qtbot, controller)
+    mime = QMimeData()
+    mime.setUrls([QUrl.fromLocalFile(str(folder))])
+    event = QDropEvent(
+        QPointF(10, 10), Qt.DropAction.CopyAction, mime, Qt.MouseButton.LeftButton, Qt.KeyboardModifier.NoModifier
+    )
+    window.folders.dropEvent(event)
+    qtbot.waitUntil(
+        lambda: (
+            window.folders.tree.topLevelItemCount() == 1 and window.folders.tree.topLevelItem(0).text(0) == "Dropped"
+        ),
+        timeout=30000,
+    )
+
+
+def test_shift_enter_adds_a_line_and_enter_sends(qtbot, open_window) -> None:
+    window, _ = open_window()
+    window.stack.setCurrentIndex(1)
+    sent: list[str] = []
+    window.chat.send.connect(sent.append)
+    window.chat.composer.setFocus()
+    qtbot.keyClicks(window.chat.composer, "first line")
+    qtbot.keyClick(window.chat.composer, Qt.Key.Key_Return, Qt.KeyboardModifier.ShiftModifier)
+    qtbot.keyClicks(window.chat.composer, "second line")
+    assert window.chat.composer.toPlainText() == "first line\nsecond line"
+    assert sent == []
+    qtbot.keyClick(window.chat.composer, Qt.Key.Key_Return)
+    assert sent == ["first line\nsecond line"]
