@@ -203,18 +203,22 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_ask_library(args: argparse.Namespace) -> int:
+def _generation_settings(args: argparse.Namespace):  # noqa: ANN202 - GenerationSettings, imported lazily
     from inference import GenerationSettings
 
+    return GenerationSettings(
+        max_new_tokens=args.max_new_tokens,
+        greedy=args.greedy,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        seed=args.seed,
+    )
+
+
+def cmd_ask_library(args: argparse.Namespace) -> int:
     library = _open_library(args)
     try:
-        settings = GenerationSettings(
-            max_new_tokens=args.max_new_tokens,
-            greedy=args.greedy,
-            temperature=args.temperature,
-            top_p=args.top_p,
-            seed=args.seed,
-        )
+        settings = _generation_settings(args)
         answer = library.ask(args.question, k=args.top_k, settings=settings)
         if not args.json:
             for note in answer.notes:
@@ -254,8 +258,6 @@ def cmd_ask_library(args: argparse.Namespace) -> int:
 
 
 def cmd_ask(args: argparse.Namespace) -> int:
-    from inference import GenerationSettings
-
     if not args.context_file:
         return cmd_ask_library(args)
     texts = [(path, _read_context(path)) for path in args.context_file]
@@ -263,13 +265,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     encode_started = time.perf_counter()
     memories = [model.encode(text) for _, text in texts]
     encode_s = time.perf_counter() - encode_started
-    settings = GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        greedy=args.greedy,
-        temperature=args.temperature,
-        top_p=args.top_p,
-        seed=args.seed,
-    )
+    settings = _generation_settings(args)
     stream = model.answer(args.question, memories, settings)
     notes = [
         f"{path}: {note}" for (path, _), memory in zip(texts, memories, strict=True) for note in memory.notes

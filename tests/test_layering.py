@@ -24,3 +24,26 @@ def test_inference_imports_neither_torch_nor_qt() -> None:
 def test_cli_starts_without_the_converter() -> None:
     modules = _imported_by("import app.cli; app.cli.build_parser()")
     assert not modules & (FORBIDDEN - {"onnx_export"}), modules & FORBIDDEN
+
+
+def test_the_app_core_imports_no_qt() -> None:
+    modules = _imported_by("import app.library.library, app.settings, app.chats, app.download, app.power, app.cli")
+    assert not modules & {"PySide6", "torch", "transformers"}, modules & FORBIDDEN
+
+
+def test_only_the_ui_package_names_pyside6() -> None:
+    import ast
+
+    offenders = []
+    for package in ("app", "inference", "onnx_export"):
+        for path in (ROOT / package).rglob("*.py"):
+            if "ui" in path.relative_to(ROOT).parts:
+                continue
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            for node in ast.walk(tree):
+                names = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+                if isinstance(node, ast.ImportFrom) and node.module:
+                    names = [node.module]
+                if any(n.split(".")[0] == "PySide6" for n in names):
+                    offenders.append(str(path.relative_to(ROOT)))
+    assert offenders == []

@@ -58,9 +58,9 @@ def test_a_half_copied_file_is_indexed_once_complete(make_library, tmp_path) -> 
         handle.flush()
         time.sleep(1.5)  # a slow copy: longer than the debounce, the file sits half-written
         handle.write(text[len(text) // 2 :])
-    from app.library.indexer import file_hash
+    from inference.bundle import file_digest
 
-    complete = file_hash(target)
+    complete = file_digest(target)
 
     def indexed_complete() -> bool:
         document = library.store.document(target)

@@ -8,7 +8,6 @@ the chunk in flight, and a restart re-encodes nothing already stored.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import threading
 import time
@@ -23,6 +22,7 @@ from app.library.chunking import DEFAULT_CHUNK_TOKENS, chunk_segments
 from app.library.extractor import Extractor
 from app.library.filters import FolderFilter
 from app.library.store import ChunkRecord, Document, Store, StoreError
+from inference.bundle import file_digest
 
 PRIORITY_CHANGED = 0
 PRIORITY_SCAN = 1
@@ -48,14 +48,6 @@ class IndexProgress:
     chunks_per_second: float
     encoded: int
     reused: int
-
-
-def file_hash(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        while block := handle.read(1 << 20):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 class Indexer:
@@ -227,7 +219,7 @@ class Indexer:
             if stable is None:
                 return
             size, mtime = stable
-            content_hash = file_hash(path)
+            content_hash = file_digest(path)
         except FileNotFoundError:
             self._store.remove_documents([path])
             return
