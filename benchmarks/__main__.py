@@ -55,14 +55,14 @@ def build_bundle(decoder: str) -> Path:
     return bundle
 
 
-def document_ids(model, n_tokens: int, seed: int = 0) -> list[int]:
+def document_ids(model, n_tokens: int, seed: int = 0) -> list[int]:  # noqa: ANN001 - DolphinModel
     """Token ids of an N-token document; the tokenizer's own vocabulary, random order."""
     rng = np.random.default_rng(seed)
     vocab = model.tokenizer._tokenizer.get_vocab_size() - 40
     return rng.integers(10, vocab, size=n_tokens).tolist()
 
 
-def timed_decode(model, embeds: np.ndarray) -> dict[str, float]:
+def timed_decode(model, embeds: np.ndarray) -> dict[str, float]:  # noqa: ANN001 - DolphinModel
     """Prefill `embeds`, then greedy-decode ANSWER_TOKENS; the same loop for every method."""
     state = model.decoder.new_state()
     started = time.perf_counter()
@@ -96,8 +96,7 @@ def measure_method(name: str, prepare, model) -> dict[str, float]:  # noqa: ANN0
     }
 
 
-def run_size(model, store, n_tokens: int) -> list[dict]:
-    from app.library.chunking import Chunk
+def run_size(model, store, n_tokens: int) -> list[dict]:  # noqa: ANN001 - DolphinModel, Store
     from inference.splice import prompt_ids, splice
 
     ids = document_ids(model, n_tokens)
@@ -109,15 +108,14 @@ def run_size(model, store, n_tokens: int) -> list[dict]:
         key = f"n{n_tokens}-c{index}"
         if store.get_memory(key, identity) is None:
             store.put_memory(key, identity, model.encoder.encode_ids(chunk), len(chunk))
-    del Chunk
 
-    def full():
+    def full() -> tuple[np.ndarray, dict]:
         return model.embeddings(np.asarray(ids + question)), {}
 
-    def rag():
+    def rag() -> tuple[np.ndarray, dict]:
         return model.embeddings(np.asarray([t for c in top for t in c] + question)), {}
 
-    def encode_now():
+    def encode_now() -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         states = [model.encoder.encode_ids(c) for c in top]
         encode_s = time.perf_counter() - started
@@ -125,7 +123,7 @@ def run_size(model, store, n_tokens: int) -> list[dict]:
         layout = prompt_ids(model.tokenizer, "", len(memories), 32)
         return splice(np.concatenate([layout, question]), model.embeddings, memories), {"encode_s": encode_s}
 
-    def persisted():
+    def persisted() -> tuple[np.ndarray, dict]:
         started = time.perf_counter()
         states = [store.get_memory(f"n{n_tokens}-c{i}", identity)[0] for i in range(len(top))]
         load_s = time.perf_counter() - started
@@ -168,7 +166,7 @@ def _time(action) -> float:  # noqa: ANN001
     return time.perf_counter() - started
 
 
-def encoder_throughput(model) -> dict[str, float]:
+def encoder_throughput(model) -> dict[str, float]:  # noqa: ANN001 - DolphinModel
     stack = model.manifest.encoder
     ids = document_ids(model, CHUNK_TOKENS, seed=1)
     model.encoder.encode_ids(ids)
@@ -236,12 +234,26 @@ def main(argv: list[str] | None = None) -> int:
     RESULTS.mkdir(exist_ok=True)
     name = "quick" if args.quick else "latest"
     (RESULTS / f"{name}.json").write_text(json.dumps(report, indent=2) + "\n")
-    lines = [f"# Benchmark ({report['mode']}) on {report['machine']['cpu']}, {report['machine']['cores']} cores", "",
-             "| decoder | N | method | positions | TTFT s | total s | decode tok/s | CPU s |", "|---|---|---|---|---|---|---|---|"]  # fmt: skip
+    cpu = report["machine"]["cpu"]
+    lines = [
+        f"# Benchmark ({report['mode']}) on {cpu}, {report['machine']['cores']} cores",
+        "",
+        "| decoder | N | method | positions | TTFT s | total s | decode tok/s | CPU s |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     for run in report["runs"]:
         for r in run["rows"]:
-            lines.append(f"| {run['decoder']} | {r['n_tokens']} | {r['method']} | {r['prompt_positions']} | {r['ttft_s']:.3f} | "
-                         f"{r['total_s']:.2f} | {r['decode_tokens_per_s']:.1f} | {r['cpu_s']:.2f} |")  # fmt: skip
+            cells = [
+                run["decoder"],
+                r["n_tokens"],
+                r["method"],
+                r["prompt_positions"],
+                f"{r['ttft_s']:.3f}",
+                f"{r['total_s']:.2f}",
+                f"{r['decode_tokens_per_s']:.1f}",
+                f"{r['cpu_s']:.2f}",
+            ]
+            lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", "Summary: " + json.dumps(report["summary"])]
     (RESULTS / f"{name}.md").write_text("\n".join(lines) + "\n")
     print(json.dumps(report["summary"], indent=2))
