@@ -61,7 +61,7 @@ def test_ask_json_reports_answer_ids_and_timings(fp32_bundle, reference, tmp_pat
 def test_ask_streams_text_with_two_context_files(fp32_bundle, reference, tmp_path) -> None:
     first = _context_file(tmp_path, reference["cases"][0]["contexts"][0], "a.txt")
     second = _context_file(tmp_path, reference["cases"][1]["contexts"][0], "b.txt")
-    streamed = run_cli(
+    args = [
         "ask",
         "--bundle",
         str(fp32_bundle),
@@ -74,22 +74,9 @@ def test_ask_streams_text_with_two_context_files(fp32_bundle, reference, tmp_pat
         "--greedy",
         "--max-new-tokens",
         "12",
-    )
-    as_json = run_cli(
-        "ask",
-        "--bundle",
-        str(fp32_bundle),
-        "--context-file",
-        str(first),
-        "--context-file",
-        str(second),
-        "--question",
-        "What happened?",
-        "--greedy",
-        "--max-new-tokens",
-        "12",
-        "--json",
-    )
+    ]
+    streamed = run_cli(*args)
+    as_json = run_cli(*args, "--json")
     assert streamed.returncode == 0 and as_json.returncode == 0, streamed.stderr + as_json.stderr
     answer = json.loads(as_json.stdout)
     assert answer["stats"]["memory_count"] == 2
