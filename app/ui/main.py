@@ -24,6 +24,9 @@ def assets_dir() -> Path:
 def create_window(data_dir: Path | None = None) -> tuple[MainWindow, AppController]:
     app = QApplication.instance()
     assert app is not None
+    # Worker threads (indexer, answer streaming) hold the GIL in 5 ms slices by default; shorter
+    # slices let the GUI thread back in sooner, which is what an interactive window needs.
+    sys.setswitchinterval(0.001)
     app.setApplicationName("Dolphin Desk")
     app.setOrganizationName("Dolphin Desk")
     icon = assets_dir() / "icon.svg"
