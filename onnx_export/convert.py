@@ -269,7 +269,12 @@ def convert(
             shutil.rmtree(out)
         staging.rename(out)
     except BaseException:
-        shutil.rmtree(work, ignore_errors=True)
+        # Free the disk (the split checkpoint and exports are as large as the model); keep the log.
+        for item in staging.iterdir():
+            if item.name != "convert.log":
+                shutil.rmtree(item) if item.is_dir() else item.unlink()
+        if not any(staging.iterdir()):
+            staging.rmdir()
         raise
     progress(f"done in {time.monotonic() - started:.1f} s: {out}")
     return out

@@ -80,6 +80,7 @@ class Indexer:
         self._chunks_total = 0
         self._current: str | None = None
         self._rate_window: list[float] = []
+        self._last_emit = 0.0
         self.last_error: str | None = None
 
     # control -------------------------------------------------------------------------------
@@ -123,10 +124,14 @@ class Indexer:
 
     # work ----------------------------------------------------------------------------------
 
-    def _emit(self, state: str) -> None:
+    def _emit(self, state: str, every_chunk: bool = False) -> None:
+        """Progress for the UI; per-chunk updates at most 10 a second (each one reads the store)."""
+        now = time.monotonic()
+        if every_chunk and now - self._last_emit < 0.1:
+            return
+        self._last_emit = now
         counts = self._store.count_states()
         total = sum(counts.values())
-        now = time.monotonic()
         self._rate_window = [t for t in self._rate_window if now - t < 10]
         span = (now - self._rate_window[0]) if len(self._rate_window) > 1 else 0
         rate = (len(self._rate_window) - 1) / span if span > 0 else 0.0
@@ -257,7 +262,7 @@ class Indexer:
                 self.encoded += 1
             self._chunks_done += 1
             self._rate_window.append(time.monotonic())
-            self._emit("indexing")
+            self._emit("indexing", every_chunk=True)
         records = [
             ChunkRecord(i, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash)
             for i, c in enumerate(chunks)

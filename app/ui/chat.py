@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import QEvent, QObject, Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -133,10 +133,9 @@ class Transcript(QScrollArea):
 
 
 class Composer(QPlainTextEdit):
-    """Enter sends, Shift+Enter adds a newline, Esc stops the answer."""
+    """Enter sends, Shift+Enter adds a newline."""
 
     send_requested = Signal()
-    stop_requested = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -150,9 +149,6 @@ class Composer(QPlainTextEdit):
             and not event.modifiers() & Qt.KeyboardModifier.ShiftModifier
         ):
             self.send_requested.emit()
-            return
-        if event.key() == Qt.Key.Key_Escape:
-            self.stop_requested.emit()
             return
         super().keyPressEvent(event)
 
@@ -184,23 +180,12 @@ class ChatPanel(QWidget):
         layout.addLayout(bottom)
         self.generating = False
         self.composer.send_requested.connect(self._send)
-        self.composer.stop_requested.connect(self._stop)
         self.button.clicked.connect(lambda: self._stop() if self.generating else self._send())
         self._pending_text: str | None = None
         self._streaming: MessageView | None = None
         self._flush = QTimer(self)
         self._flush.setInterval(33)
         self._flush.timeout.connect(self._apply_pending)
-
-    def event(self, event: QEvent) -> bool:
-        if (
-            event.type() == QEvent.Type.ShortcutOverride
-            and isinstance(event, QKeyEvent)
-            and event.key() == Qt.Key.Key_Escape
-        ):
-            self._stop()
-            return True
-        return super().event(event)
 
     def _send(self) -> None:
         text = self.composer.toPlainText().strip()
@@ -253,21 +238,3 @@ class ChatPanel(QWidget):
     def show_banner(self, text: str) -> None:
         self.banner.setText(text)
         self.banner.setVisible(bool(text))
-
-
-def install_escape_filter(target: QObject, panel: ChatPanel) -> None:
-    """Esc anywhere in the window stops the answer."""
-
-    class _Filter(QObject):
-        def eventFilter(self, _obj: QObject, event: QEvent) -> bool:
-            if (
-                event.type() == QEvent.Type.KeyPress
-                and isinstance(event, QKeyEvent)
-                and event.key() == Qt.Key.Key_Escape
-            ):
-                if panel.generating:
-                    panel.stop.emit()
-                    return True
-            return False
-
-    target.installEventFilter(_Filter(target))

@@ -13,7 +13,6 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from app.chats import ChatStore
-from app.library.indexer import IndexProgress
 from app.library.library import Library, LibraryAnswer, library_status
 from app.power import on_battery
 from app.settings import Settings, load_settings, save_settings
@@ -81,7 +80,6 @@ class AppController(QObject):
         self.library: Library | None = None
         self.model_state = "missing"
         self.model_message = "No model bundle yet"
-        self.last_progress: IndexProgress | None = None
         self._status_pending = False
         self._paused_for_battery = False
         self._lock = threading.Lock()
@@ -155,7 +153,7 @@ class AppController(QObject):
 
     # library -------------------------------------------------------------------------------
 
-    def _run_on_library(self, work_name: str, work: Any, refresh: bool = True) -> None:
+    def _run_on_library(self, work_name: str, work: Any) -> None:
         library = self.library
         if library is None:
             self.error.emit("Load a model bundle before adding folders.", "")
@@ -164,7 +162,7 @@ class AppController(QObject):
         def failed(message: str, details: str) -> None:
             self.error.emit(f"{work_name}: {message}", details)
 
-        self.tasks.run(lambda: work(library), lambda _: self.refresh_status() if refresh else None, failed)
+        self.tasks.run(lambda: work(library), lambda _: self.refresh_status(), failed)
 
     def add_folder(self, path: str) -> None:
         include, exclude = self.settings.include_patterns, self.settings.exclude_patterns
@@ -177,8 +175,7 @@ class AppController(QObject):
         def work(library: Library) -> None:
             target = Path(path)
             documents = [d for d in library.store.documents() if d.path == target or target in d.path.parents]
-            for document in documents:
-                library.store.set_state(document.path, "failed", "re-index requested")
+            for document in documents:  # pending is enough: the indexer re-reads it, old chunks serve until then
                 library.store.upsert_pending(document.folder_id, document.path, 0)
             library.indexer.wake()
 

@@ -94,6 +94,7 @@ class FoldersPanel(QWidget):
         self.remove_button.clicked.connect(self._remove_selected)
         self.pause_button.toggled.connect(self._toggle_pause)
         self._expanded: set[str] = set()
+        self._shown: dict | None = None
 
     # actions -------------------------------------------------------------------------------
 
@@ -167,6 +168,9 @@ class FoldersPanel(QWidget):
             self.current.setText("")
 
     def show_status(self, status: dict) -> None:
+        if status == self._shown:
+            return  # unchanged: keep the tree, its scroll position and selection as they are
+        self._shown = status
         for index in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(index)
             if item.isExpanded():

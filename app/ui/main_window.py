@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence
+from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
@@ -21,7 +21,7 @@ from PySide6.QtWidgets import (
 
 from app.chats import Message
 from app.library.indexer import IndexProgress
-from app.ui.chat import ChatPanel, install_escape_filter
+from app.ui.chat import ChatPanel
 from app.ui.controller import AnswerWorker, AppController
 from app.ui.dialogs import SettingsDialog, about_text
 from app.ui.folders import FoldersPanel
@@ -83,7 +83,9 @@ class MainWindow(QMainWindow):
         self.statusBar().addPermanentWidget(self.index_label)
         self._build_menu()
         self._connect()
-        install_escape_filter(self, self.chat)
+        stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
+        stop.setContext(Qt.ShortcutContext.WindowShortcut)
+        stop.activated.connect(self.stop_answer)
         self._status_timer = QTimer(self)
         self._status_timer.setInterval(700)
         self._status_timer.timeout.connect(controller.refresh_status)
