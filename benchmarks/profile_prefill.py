@@ -1,0 +1,65 @@
+"""Where a decoder prefill spends its time, by ONNX operator type (ONNX Runtime's own profiler).
+
+    python -m benchmarks.profile_prefill --bundle B --positions 132 2081
+
+Answers "what limits time to first token": if MatMulNBits dominates at every length, prefill
+is compute-bound and its time grows with the number of positions, whatever feeds them."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+from collections import defaultdict
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from inference import DolphinModel
+from inference.decoder import Decoder
+from inference.providers import session_options
+
+
+def profile(bundle: Path, positions: int) -> dict[str, object]:
+    model = DolphinModel.load(bundle)
+    with tempfile.TemporaryDirectory() as folder:
+        options = session_options(model.threads)
+        options.enable_profiling = True
+        options.profile_file_prefix = str(Path(folder) / "prefill")
+        session = ort.InferenceSession(str(model.manifest.path("decoder")), options, providers=["CPUExecutionProvider"])
+        decoder = Decoder(session, "cpu", model.manifest.decoder.head_size)
+        ids = np.random.default_rng(0).integers(10, 500, positions)
+        embeds = model.embeddings(ids)
+        decoder.forward(embeds[:16], decoder.new_state())
+        decoder.forward(embeds, decoder.new_state())
+        trace = json.loads(Path(session.end_profiling()).read_text())
+    runs = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
+    last_run = runs[-1]
+    begin, end = last_run["ts"], last_run["ts"] + last_run["dur"]
+    by_op: dict[str, float] = defaultdict(float)
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and begin <= event["ts"] <= end:
+            by_op[event["args"]["op_name"]] += event["dur"] / 1e6
+    total = sum(by_op.values())
+    top = sorted(by_op.items(), key=lambda item: -item[1])[:6]
+    return {
+        "positions": positions,
+        "run_s": last_run["dur"] / 1e6,
+        "kernel_s": total,
+        "ops": {name: {"s": round(seconds, 4), "share": round(seconds / total, 3)} for name, seconds in top},
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_prefill")
+    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--positions", type=int, nargs="+", default=[132, 2081])
+    args = parser.parse_args(argv)
+    print(json.dumps([profile(args.bundle, p) for p in args.positions]))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
