@@ -16,8 +16,12 @@ CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY,
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), text TEXT NOT NULL, sources TEXT, stats TEXT,
     created REAL NOT NULL);
-PRAGMA user_version = 1;
 """
+SCHEMA_VERSION = 1
+
+
+class ChatStoreError(Exception):
+    """The chats database cannot be used; one line for the user."""
 
 
 @dataclass
@@ -42,7 +46,15 @@ class ChatStore:
         self._db = sqlite3.connect(Path(data_dir) / "chats.sqlite3", check_same_thread=False, isolation_level=None)
         self._db.execute("PRAGMA foreign_keys=ON")
         self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.executescript(_SCHEMA)
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+        if version > SCHEMA_VERSION:
+            self._db.close()
+            raise ChatStoreError(
+                f"the chats in {data_dir} were saved by a newer Dolphin Desk (schema {version}, this version "
+                f"knows {SCHEMA_VERSION}): update the app; the chats were not changed"
+            )
+        if version < SCHEMA_VERSION:
+            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         self._lock = threading.Lock()
 
     def close(self) -> None:

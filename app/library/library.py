@@ -299,6 +299,7 @@ def library_status(store: Store) -> dict[str, object]:
             "path": str(d.path),
             "state": d.state,
             "chunks": d.chunk_count,
+            "indexed_at": d.indexed_at,
             "error": d.error if d.state in ("failed", "skipped") else None,
         }
         for d in store.documents()

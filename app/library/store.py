@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 DB_NAME = "library.sqlite3"
 
 STATES = ("pending", "indexing", "ready", "failed", "skipped")
@@ -78,6 +78,12 @@ _MIGRATIONS: dict[int, str] = {
         INSERT INTO chunks_fts(chunks_fts, rowid, text) VALUES ('delete', old.id, old.text);
     END;
     """,
+    # 2: when each document's current chunks were committed, shown in the folders panel and
+    # `status`; libraries indexed by schema 1 take it from their last update.
+    2: """
+    ALTER TABLE documents ADD COLUMN indexed_at REAL;
+    UPDATE documents SET indexed_at = updated_at WHERE state = 'ready';
+    """,
 }
 
 
@@ -104,6 +110,7 @@ class Document:
     state: str
     error: str | None
     chunk_count: int
+    indexed_at: float | None = None
 
 
 @dataclass(frozen=True)
@@ -200,6 +207,8 @@ class Store:
                 f"the library at {self.path} was written by a newer Dolphin Desk (schema {version}, "
                 f"this version knows {SCHEMA_VERSION}): update the app; the library was not changed"
             )
+        if 0 < version < SCHEMA_VERSION:
+            self._back_up(version)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             try:
                 self._db.executescript(
@@ -209,6 +218,20 @@ class Store:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
                 raise
+
+    def _back_up(self, version: int) -> None:
+        """A copy of the library as it was, before an upgrade changes it: downgrading the app
+        then means putting this file back, and a failed migration loses nothing."""
+        backup = self.path.with_name(f"{self.path.name}.schema{version}.bak")
+        if backup.exists():
+            return
+        partial = backup.with_name(backup.name + ".partial")
+        target = sqlite3.connect(partial)
+        try:
+            self._db.backup(target)
+        finally:
+            target.close()
+        partial.replace(backup)
 
     @property
     def schema_version(self) -> int:
@@ -255,6 +278,7 @@ class Store:
             row["state"],
             row["error"],
             row["chunk_count"],
+            row["indexed_at"],
         )
 
     def documents(self, folder_id: int | None = None) -> list[Document]:
@@ -342,6 +366,7 @@ class Store:
             if row is None:
                 return
             db.execute("DELETE FROM chunks WHERE document_id=?", (row["id"],))
+            now = time.time()
             db.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, char_start, char_end, page, token_count, text_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -352,8 +377,8 @@ class Store:
             )
             db.execute(
                 "UPDATE documents SET state=?, error=NULL, chunk_count=?, size=?, mtime=?, content_hash=?, "
-                "updated_at=? WHERE id=?",
-                (state, len(chunks), size, mtime, content_hash, time.time(), row["id"]),
+                "updated_at=?, indexed_at=? WHERE id=?",
+                (state, len(chunks), size, mtime, content_hash, now, now if state == "ready" else None, row["id"]),
             )
 
     # memories ------------------------------------------------------------------------------

@@ -136,7 +136,7 @@ class AppController(QObject):
 
         def failed(message: str, details: str) -> None:
             self._set_model_state("error", message)
-            self.error.emit(f"The model could not be loaded: {message}", details)
+            self.error.emit(f"The model and library could not be opened: {message}", details)
 
         self.tasks.run(work, done, failed)
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QPoint, Qt, QUrl, Signal
@@ -202,7 +203,9 @@ class FoldersPanel(QWidget):
                 child = QTreeWidgetItem([relative, str(document["chunks"] or ""), label])
                 child.setData(0, Qt.ItemDataRole.UserRole, document["path"])
                 child.setToolTip(0, document["path"])
-                child.setToolTip(2, label)
+                indexed = document.get("indexed_at")
+                when = time.strftime(" · indexed %Y-%m-%d %H:%M", time.localtime(indexed)) if indexed else ""
+                child.setToolTip(2, label + when)
                 child.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
                 child.setForeground(2, QColor(STATE_COLOURS.get(document["state"], "#333333")))
                 item.addChild(child)

@@ -6,8 +6,9 @@ import sys
 from pathlib import Path
 
 from PySide6.QtGui import QIcon
-from PySide6.QtWidgets import QApplication
+from PySide6.QtWidgets import QApplication, QMessageBox
 
+from app.chats import ChatStoreError
 from app.library.paths import default_data_dir
 from app.ui.controller import AppController
 from app.ui.main_window import MainWindow
@@ -43,7 +44,13 @@ def create_window(data_dir: Path | None = None) -> tuple[MainWindow, AppControll
 
 def run_app(data_dir: Path | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv)
-    window, controller = create_window(data_dir)
+    try:
+        window, controller = create_window(data_dir)
+    except (ChatStoreError, OSError) as exc:
+        # Nothing can be shown without the data folder: say why in a dialog, not a traceback.
+        message = str(exc) if isinstance(exc, ChatStoreError) else f"cannot use the data folder: {exc}"
+        QMessageBox.critical(None, "Dolphin Desk cannot start", message)
+        return 1
     window.show()
     code = app.exec()
     controller.shutdown()
