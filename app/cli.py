@@ -13,6 +13,7 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from app import __version__
 from onnx_export import cli as convert_cli
 
 EXIT_ERROR = 1
@@ -327,6 +328,11 @@ def cmd_gui(args: argparse.Namespace) -> int:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="dolphin-desk", description="Chat with your own files, offline.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "--self-test", metavar="BUNDLE", type=Path,
+        help="load BUNDLE, encode a text, answer a question, open the window offscreen; exit 1 on any failure",
+    )  # fmt: skip
     commands = parser.add_subparsers(dest="command", metavar="COMMAND")
 
     convert = commands.add_parser("convert", help="convert a Dolphin checkpoint into a model bundle")
@@ -386,6 +392,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.self_test is not None:
+        from app.self_test import run_self_test
+
+        return run_self_test(args.self_test.expanduser())
     if args.command is None:
         args = parser.parse_args(["gui"])
     return run_guarded(lambda: args.handler(args), debug=args.debug)
