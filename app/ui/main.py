@@ -29,6 +29,7 @@ def create_window(data_dir: Path | None = None) -> tuple[MainWindow, AppControll
     # slices let the GUI thread back in sooner, which is what an interactive window needs.
     sys.setswitchinterval(0.001)
     app.setApplicationName("Dolphin Desk")
+    app.setDesktopFileName("dolphin-desk")
     app.setOrganizationName("Dolphin Desk")
     icon = assets_dir() / "icon.svg"
     if icon.exists():
