@@ -108,7 +108,8 @@ def markdown(report: dict, image: str) -> str:
         f"![TTFT and CPU-seconds per answer]({image})",
         "",
         "Each row is one answer of 64 greedy tokens, measured in a process of its own after warm-up. "
-        "Peak RSS is the whole process (model included); 'answer RSS' is how much the answer added.",
+        "Peak RSS is the whole process (model included); 'answer RSS' is how far the answer raised that peak "
+        "above what loading and warm-up had reached (0: it stayed below).",
         "",
         "| decoder | N | method | positions | TTFT s | total s | decode tok/s | CPU s | peak RSS MB | answer RSS MB |",
         "|---|---|---|---|---|---|---|---|---|---|",

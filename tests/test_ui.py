@@ -290,3 +290,22 @@ def test_shift_enter_adds_a_line_and_enter_sends(qtbot, open_window) -> None:
     assert sent == []
     qtbot.keyClick(window.chat.composer, Qt.Key.Key_Return)
     assert sent == ["first line\nsecond line"]
+
+
+def test_the_window_reports_a_library_from_a_newer_app(qtbot, open_window, fp32_bundle, tmp_path) -> None:
+    import sqlite3
+
+    from app.library.store import SCHEMA_VERSION, Store
+
+    data_dir = tmp_path / "data"
+    Store(data_dir).close()
+    db = sqlite3.connect(data_dir / "library.sqlite3")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.commit()
+    db.close()
+    before = (data_dir / "library.sqlite3").read_bytes()
+    _window, controller = open_window(data_dir, Settings(bundle_path=str(fp32_bundle)))
+    qtbot.waitUntil(lambda: controller.model_state == "error", timeout=60000)
+    assert "newer Dolphin Desk" in controller.model_message
+    assert "update the app" in controller.model_message
+    assert (data_dir / "library.sqlite3").read_bytes() == before

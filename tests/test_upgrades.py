@@ -91,25 +91,3 @@ def test_chats_survive_reopening(tmp_path) -> None:
     again = ChatStore(tmp_path)
     assert [c.title for c in again.conversations()] == [conversation.title]
     again.close()
-
-
-def test_the_window_reports_a_library_from_a_newer_app(qtbot, fp32_bundle, tmp_path) -> None:
-    from app.settings import Settings, save_settings
-    from app.ui.main import create_window
-
-    Store(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "library.sqlite3")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    db.commit()
-    db.close()
-    before = (tmp_path / "library.sqlite3").read_bytes()
-    save_settings(tmp_path, Settings(bundle_path=str(fp32_bundle)))
-    window, controller = create_window(tmp_path)
-    qtbot.addWidget(window)
-    window.show()
-    qtbot.waitUntil(lambda: controller.model_state == "error", timeout=60000)
-    assert "newer Dolphin Desk" in controller.model_message
-    assert "update the app" in controller.model_message
-    window.close()
-    controller.shutdown()
-    assert (tmp_path / "library.sqlite3").read_bytes() == before
