@@ -1,6 +1,7 @@
-"""Where a decoder prefill spends its time, by ONNX operator type (ONNX Runtime's own profiler).
+"""Where a decoder prefill (or the decode step after it) spends its time, by ONNX operator type,
+from ONNX Runtime's own profiler.
 
-    python -m benchmarks.profile_prefill --bundle B --positions 132 2081
+    python -m benchmarks.profile_prefill --bundle B --positions 132 2081 [--decode-step]
 
 Answers "what limits time to first token": if MatMulNBits dominates at every length, prefill
 is compute-bound and its time grows with the number of positions, whatever feeds them."""
@@ -22,7 +23,7 @@ from inference.decoder import Decoder
 from inference.providers import session_options
 
 
-def profile(bundle: Path, positions: int) -> dict[str, object]:
+def profile(bundle: Path, positions: int, decode_step: bool = False) -> dict[str, object]:
     model = DolphinModel.load(bundle)
     with tempfile.TemporaryDirectory() as folder:
         options = session_options(model.threads)
@@ -33,7 +34,10 @@ def profile(bundle: Path, positions: int) -> dict[str, object]:
         ids = np.random.default_rng(0).integers(10, 500, positions)
         embeds = model.embeddings(ids)
         decoder.forward(embeds[:16], decoder.new_state())
-        decoder.forward(embeds, decoder.new_state())
+        state = decoder.new_state()
+        decoder.forward(embeds, state)
+        if decode_step:
+            decoder.forward(embeds[-1:], state)
         trace = json.loads(Path(session.end_profiling()).read_text())
     runs = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
     last_run = runs[-1]
@@ -46,6 +50,7 @@ def profile(bundle: Path, positions: int) -> dict[str, object]:
     top = sorted(by_op.items(), key=lambda item: -item[1])[:6]
     return {
         "positions": positions,
+        "measured": "one decode step after the prefill" if decode_step else "the prefill",
         "run_s": last_run["dur"] / 1e6,
         "kernel_s": total,
         "ops": {name: {"s": round(seconds, 4), "share": round(seconds / total, 3)} for name, seconds in top},
@@ -56,8 +61,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.profile_prefill")
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--positions", type=int, nargs="+", default=[132, 2081])
+    parser.add_argument("--decode-step", action="store_true", help="profile the decode step after the prefill")
     args = parser.parse_args(argv)
-    print(json.dumps([profile(args.bundle, p) for p in args.positions]))
+    print(json.dumps([profile(args.bundle, p, args.decode_step) for p in args.positions]))
     return 0
 
 
