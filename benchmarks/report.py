@@ -1,6 +1,6 @@
 """Turn one benchmark run into the committed results: JSON, a Markdown table and a PNG plot.
 
-    python -m benchmarks.report benchmarks/results/latest.json   # re-render .md and .png from the JSON
+`python -m benchmarks.report benchmarks/results/latest.json` re-renders the .md and .png from the JSON.
 """
 
 from __future__ import annotations
