@@ -42,19 +42,33 @@ class Conversation:
 
 class ChatStore:
     def __init__(self, data_dir: Path) -> None:
-        Path(data_dir).mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(Path(data_dir) / "chats.sqlite3", check_same_thread=False, isolation_level=None)
-        self._db.execute("PRAGMA foreign_keys=ON")
-        self._db.execute("PRAGMA journal_mode=WAL")
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
-        if version > SCHEMA_VERSION:
+        path = Path(data_dir) / "chats.sqlite3"
+        try:
+            Path(data_dir).mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise ChatStoreError(f"cannot open the chats in {data_dir}: {exc}") from None
+        try:
+            # Checked before anything else touches the file: a newer app's chats stay as they were.
+            version = self._db.execute("PRAGMA user_version").fetchone()[0]
+            if version > SCHEMA_VERSION:
+                raise ChatStoreError(
+                    f"the chats in {data_dir} were saved by a newer Dolphin Desk (schema {version}, this version "
+                    f"knows {SCHEMA_VERSION}): update the app; the chats were not changed"
+                )
+            self._db.execute("PRAGMA foreign_keys=ON")
+            self._db.execute("PRAGMA journal_mode=WAL")
+            if version < SCHEMA_VERSION:
+                self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+        except ChatStoreError:
             self._db.close()
-            raise ChatStoreError(
-                f"the chats in {data_dir} were saved by a newer Dolphin Desk (schema {version}, this version "
-                f"knows {SCHEMA_VERSION}): update the app; the chats were not changed"
-            )
-        if version < SCHEMA_VERSION:
-            self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+            raise
+        except sqlite3.Error as exc:
+            if self._db.in_transaction:
+                self._db.execute("ROLLBACK")
+            self._db.close()
+            detail = "the disk is full" if "full" in str(exc) else str(exc)
+            raise ChatStoreError(f"cannot open the chats in {path}: {detail}; nothing was changed") from None
         self._lock = threading.Lock()
 
     def close(self) -> None:

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from app.chats import ChatStore, ChatStoreError
-from app.library.store import SCHEMA_VERSION, Store
+from app.library.store import SCHEMA_VERSION, Store, StoreError
 from tests.conftest import FIXTURES
 
 V1 = FIXTURES / "library-v1"
@@ -91,3 +91,34 @@ def test_chats_survive_reopening(tmp_path) -> None:
     again = ChatStore(tmp_path)
     assert [c.title for c in again.conversations()] == [conversation.title]
     again.close()
+
+
+def test_an_upgrade_after_a_downgrade_refreshes_the_backup(tmp_path) -> None:
+    """Upgrade, put the backup back to run the old app, upgrade again: the new backup holds the
+    library as the old app left it, not the first one's stale copy."""
+    (tmp_path / "library.sqlite3.schema1.bak").write_bytes(b"a stale copy from an earlier upgrade")
+    shutil.copy(V1 / "library.sqlite3", tmp_path / "library.sqlite3")
+    Store(tmp_path).close()
+    assert _user_version(tmp_path / "library.sqlite3.schema1.bak") == 1
+    assert not list(tmp_path.glob("*.partial"))
+
+
+def test_a_newer_library_in_rollback_journal_mode_is_left_byte_for_byte(tmp_path) -> None:
+    db = sqlite3.connect(tmp_path / "library.sqlite3")
+    db.execute("CREATE TABLE future (x)")
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
+    db.commit()
+    db.close()
+    before = (tmp_path / "library.sqlite3").read_bytes()
+    with pytest.raises(StoreError, match="newer Dolphin Desk"):
+        Store(tmp_path)
+    assert (tmp_path / "library.sqlite3").read_bytes() == before
+    assert not (tmp_path / "library.sqlite3-wal").exists()
+
+
+def test_a_damaged_chats_file_is_a_clear_error_and_is_kept(tmp_path) -> None:
+    (tmp_path / "chats.sqlite3").write_bytes(b"this is not a database, but it is the user's file" * 100)
+    before = (tmp_path / "chats.sqlite3").read_bytes()
+    with pytest.raises(ChatStoreError, match="cannot open the chats"):
+        ChatStore(tmp_path)
+    assert (tmp_path / "chats.sqlite3").read_bytes() == before

@@ -163,11 +163,17 @@ class Store:
             self.path.parent.mkdir(parents=True, exist_ok=True)
             self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
             self._db.row_factory = sqlite3.Row
+            self._lock = threading.RLock()
+            # The version is checked before anything else touches the file: a newer app's
+            # library must stay byte-for-byte as it was.
+            self._refuse_newer()
             self._db.execute("PRAGMA journal_mode=WAL")
             self._db.execute("PRAGMA synchronous=NORMAL")
             self._db.execute("PRAGMA foreign_keys=ON")
-            self._lock = threading.RLock()
             self._migrate()
+        except StoreError:
+            self._db.close()
+            raise
         except sqlite3.Error as exc:
             raise StoreError(describe_sqlite_error(exc, self.path)) from None
         except OSError as exc:
@@ -200,13 +206,16 @@ class Store:
             except sqlite3.Error as exc:
                 raise StoreError(describe_sqlite_error(exc, self.path)) from None
 
-    def _migrate(self) -> None:
+    def _refuse_newer(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the library at {self.path} was written by a newer Dolphin Desk (schema {version}, "
                 f"this version knows {SCHEMA_VERSION}): update the app; the library was not changed"
             )
+
+    def _migrate(self) -> None:
+        version = self._db.execute("PRAGMA user_version").fetchone()[0]
         if 0 < version < SCHEMA_VERSION:
             self._back_up(version)
         for target in range(version + 1, SCHEMA_VERSION + 1):
@@ -223,14 +232,18 @@ class Store:
         """A copy of the library as it was, before an upgrade changes it: downgrading the app
         then means putting this file back, and a failed migration loses nothing."""
         backup = self.path.with_name(f"{self.path.name}.schema{version}.bak")
-        if backup.exists():
-            return
         partial = backup.with_name(backup.name + ".partial")
+        partial.unlink(missing_ok=True)
         target = sqlite3.connect(partial)
         try:
             self._db.backup(target)
-        finally:
+        except BaseException:
             target.close()
+            partial.unlink(missing_ok=True)
+            raise
+        target.close()
+        # A library at this version is always its newest state at this version, so an older
+        # backup (say from an upgrade, downgrade and upgrade again) is replaced.
         partial.replace(backup)
 
     @property
