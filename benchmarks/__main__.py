@@ -45,14 +45,28 @@ def build_bundle(decoder: str, cache: Path) -> Path:
     return bundle
 
 
+class ChildFailed(RuntimeError):
+    """A measurement process failed, timed out or printed no result."""
+
+
 def run_child(module: str, *args: str, timeout: float = 3600) -> dict:
     """One measurement in a fresh interpreter; its last stdout line is its JSON result."""
-    result = subprocess.run(
-        [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout, check=False
-    )
+    command = f"{module} {' '.join(args)}"
+    try:
+        result = subprocess.run(
+            [sys.executable, "-m", module, *args], capture_output=True, text=True, cwd=ROOT, timeout=timeout,
+            check=False,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        raise ChildFailed(f"{command} took over {timeout:.0f} s") from None
     if result.returncode != 0:
-        raise RuntimeError(f"{module} {' '.join(args)} failed:\n{result.stderr[-3000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+        killed = " (killed: out of memory?)" if result.returncode < 0 else ""
+        raise ChildFailed(f"{command} exited with {result.returncode}{killed}:\n{result.stderr[-3000:]}")
+    lines = result.stdout.strip().splitlines()
+    try:
+        return json.loads(lines[-1])
+    except (IndexError, json.JSONDecodeError):
+        raise ChildFailed(f"{command} printed no JSON result:\n{result.stdout[-1000:]}") from None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -84,6 +98,7 @@ def main(argv: list[str] | None = None) -> int:
                     row = run_child("benchmarks.answer", "--bundle", str(bundle), "--data-dir", data_dir,
                                     "--method", method, "--tokens", str(n))  # fmt: skip
                     rows.append(row)
+                    save_partial(report, rows, decoder, args.out)
                     print(f"  N={n:5d} {method:12s} ttft {row['ttft_s']:8.3f} s  cpu {row['cpu_s']:8.2f} s  "
                           f"peak {row['peak_rss_mb']:7.0f} MB", flush=True)  # fmt: skip
         report["runs"].append({"decoder": decoder, "rows": rows})
@@ -96,9 +111,20 @@ def main(argv: list[str] | None = None) -> int:
     report["summary"] = summarise(report)
     report["elapsed_s"] = round(time.perf_counter() - started, 1)
     paths = write_report(report, args.out, "quick" if args.quick else "latest")
+    (args.out / PARTIAL).unlink(missing_ok=True)
     print(json.dumps(report["summary"], indent=2))
     print("wrote " + ", ".join(str(p) for p in paths))
     return 0
+
+
+PARTIAL = "partial.json"
+
+
+def save_partial(report: dict, rows: list[dict], decoder: str, out: Path) -> None:
+    """Every measured row, as it comes: a failure late in a long run keeps what was measured."""
+    out.mkdir(parents=True, exist_ok=True)
+    snapshot = {**report, "runs": [*report["runs"], {"decoder": decoder, "rows": rows}]}
+    (out / PARTIAL).write_text(json.dumps(snapshot, indent=2) + "\n", encoding="utf-8")
 
 
 def decoder_shape(decoder: str) -> str:
@@ -123,9 +149,11 @@ def llama_cpp_comparison(python: str | None, bundles: dict[str, Path], report: d
                  "--cache", str(bundle.parent.resolve()), "--tokens", str(n)],
                 capture_output=True, text=True, timeout=3600, check=False,
             )  # fmt: skip
-            if result.returncode != 0:
-                return {"skipped": "llama.cpp run failed: " + result.stderr.strip().splitlines()[-1]}
-            results.append(json.loads(result.stdout.strip().splitlines()[-1]))
+            lines = result.stdout.strip().splitlines()
+            if result.returncode != 0 or not lines:
+                reason = (result.stderr.strip().splitlines() or [f"exit status {result.returncode}"])[-1]
+                return {"rows": results, "error": f"llama.cpp {decoder} N={n} failed: {reason}"}
+            results.append(json.loads(lines[-1]))
             print(f"  llama.cpp {decoder} N={n}: prefill {results[-1]['prefill_tokens_per_s']:.1f} tok/s, "
                   f"decode {results[-1]['decode_tokens_per_s']:.1f} tok/s", flush=True)  # fmt: skip
     return {"rows": results}

@@ -42,7 +42,9 @@ def cpu_seconds() -> float:
 
 
 def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    """ru_maxrss is in KiB on Linux and in bytes on macOS (the benchmarks need `resource`: no Windows)."""
+    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    return peak / 2**20 if sys.platform == "darwin" else peak / 1024
 
 
 def document_ids(model: DolphinModel, n_tokens: int, seed: int = 0) -> list[int]:

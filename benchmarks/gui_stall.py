@@ -67,7 +67,7 @@ def measure(bundle: Path, questions: int, answer_tokens: int) -> dict[str, float
                 window.ask(question)
                 wait_until(lambda: window.worker is None, 600)
             timer.stop()
-            chunks = progress[-1].chunks_done if progress else 0
+            chunks = progress[-1].encoded if progress else 0
         finally:
             window.close()
             controller.shutdown()
@@ -77,7 +77,7 @@ def measure(bundle: Path, questions: int, answer_tokens: int) -> dict[str, float
         "p99_gui_stall_ms": sorted(gaps)[int(len(gaps) * 0.99)] * 1000,
         "ticks": len(gaps),
         "questions": questions,
-        "chunks_indexed_meanwhile": chunks,
+        "chunks_encoded_meanwhile": chunks,
     }
 
 

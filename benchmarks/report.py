@@ -1,6 +1,7 @@
 """Turn one benchmark run into the committed results: JSON, a Markdown table and a PNG plot.
 
-`python -m benchmarks.report benchmarks/results/latest.json` re-renders the .md and .png from the JSON.
+`python -m benchmarks.report benchmarks/results/latest.json` recomputes the summary and re-renders the
+.md and .png from the measured rows in the JSON.
 """
 
 from __future__ import annotations
@@ -22,11 +23,12 @@ def _by(rows: list[dict]) -> dict[tuple[int, str], dict]:
     return {(r["n_tokens"], r["method"]): r for r in rows}
 
 
-def ratio(rows: list[dict], n: int, key: str, slow: str, fast: str) -> float | None:
+def ratio(rows: list[dict], n: int, key: str, slow: str, fast: str, digits: int | None = 1) -> float | None:
     by = _by(rows)
     if (n, slow) not in by or (n, fast) not in by or not by[(n, fast)][key]:
         return None
-    return round(by[(n, slow)][key] / by[(n, fast)][key], 1)
+    value = by[(n, slow)][key] / by[(n, fast)][key]
+    return value if digits is None else round(value, digits)
 
 
 def ratios(rows: list[dict]) -> dict[str, float | None]:
@@ -58,23 +60,23 @@ def summarise(report: dict) -> dict[str, object]:
     summary["load_k_memories_ms"] = round(encoder["load_k_memories_ms"], 2)
     summary["max_gui_stall_ms"] = round(report["gui"]["max_gui_stall_ms"], 1)
     summary["by_decoder"] = {run["decoder"]: ratios(run["rows"]) for run in report["runs"]}
-    summary["targets"] = targets(summary, sizes)
+    summary["targets"] = targets(report, rows, sizes)
     return summary
 
 
-def targets(summary: dict, sizes: list[int]) -> list[dict[str, object]]:
+def targets(report: dict, rows: list[dict], sizes: list[int]) -> list[dict[str, object]]:
+    """The issue's targets, judged on unrounded values (7.95x is not 8x)."""
     largest = max(sizes)
     checks = [
-        ("TTFT a/d at N=2048", summary.get("ttft_ratio_full_vs_persisted_2048"), 30.0),
-        (f"CPU-seconds a/d at N={largest}", summary.get(f"cpu_ratio_full_vs_persisted_{largest}"), 10.0),
-        ("TTFT b/d at k=3", summary.get("ttft_ratio_rag_vs_persisted"), 8.0),
-        ("encoder fraction of peak", summary.get("encoder_fraction_of_peak"), 0.5),
+        ("TTFT a/d at N=2048", ratio(rows, 2048, "ttft_s", "a_full", "d_persisted", None), 30.0),
+        (f"CPU-seconds a/d at N={largest}", ratio(rows, largest, "cpu_s", "a_full", "d_persisted", None), 10.0),
+        ("TTFT b/d at k=3, N=2048", ratio(rows, 2048, "ttft_s", "b_rag", "d_persisted", None), 8.0),
+        ("encoder fraction of peak", report["encoder"]["fraction_of_peak"], 0.5),
     ]
-    out = [{"target": name, "value": value, "goal": f">= {goal}", "met": value is not None and value >= goal}
-           for name, value, goal in checks]  # fmt: skip
-    stall = summary.get("max_gui_stall_ms")
-    met = stall is not None and stall <= 50
-    out.append({"target": "max GUI stall ms", "value": stall, "goal": "<= 50", "met": met})
+    out = [{"target": name, "value": None if value is None else round(value, 2), "goal": f">= {goal}",
+            "met": value is not None and value >= goal} for name, value, goal in checks]  # fmt: skip
+    stall = report["gui"]["max_gui_stall_ms"]
+    out.append({"target": "max GUI stall ms", "value": round(stall, 1), "goal": "<= 50", "met": stall <= 50})
     return out
 
 
@@ -157,7 +159,9 @@ def markdown(report: dict, image: str) -> str:
                      _fmt(ours["prompt_positions"] / ours["prefill_s"], 1), _fmt(row["decode_tokens_per_s"], 1),
                      _fmt(ours["decode_tokens_per_s"], 1)]  # fmt: skip
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    else:
+    if "error" in llama:
+        lines += ["", f"Stopped early: {llama['error']}."]
+    if "rows" not in llama:
         lines.append(f"Not run: {llama.get('skipped', 'unknown')}.")
     lines += ["", "## Targets", "", "| target | value | goal | met |", "|---|---|---|---|"]
     for t in summary["targets"]:
@@ -205,6 +209,8 @@ def plot(report: dict, path: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     source = Path((argv if argv is not None else sys.argv[1:])[0])
     report = json.loads(source.read_text(encoding="utf-8"))
+    report["summary"] = summarise(report)
+    source.write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
     source.with_suffix(".md").write_text(markdown(report, source.with_suffix(".png").name), encoding="utf-8")
     plot(report, source.with_suffix(".png"))
     return 0

@@ -44,4 +44,5 @@ def test_quick_benchmark_writes_valid_results(tmp_path, report) -> None:
     markdown = (out / "quick.md").read_text()
     assert "| qwen2-0.5b | 2048 | d_persisted |" in markdown and "quick.png" in markdown
     assert (out / "quick.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not (out / "partial.json").exists(), "a finished run leaves no partial results behind"
     report("quick benchmark summary: " + json.dumps({k: data["summary"][k] for k in SUMMARY_KEYS}))
