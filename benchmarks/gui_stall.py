@@ -30,6 +30,38 @@ KJV = Path(__file__).resolve().parent / "data" / "kjv"
 QUESTIONS = ("Who was Ruth?", "What did Jonah do?", "Why was Vashti removed?", "Who was Esther?")
 
 
+class StallMeter:
+    """A 5 ms QTimer on the GUI thread: any longer gap between two ticks is time the event loop
+    could not run. Also used by tests/test_ui.py."""
+
+    def __init__(self) -> None:
+        self.gaps: list[float] = []
+        self._last = time.perf_counter()
+        self._timer = QTimer()
+        self._timer.setInterval(5)
+        self._timer.timeout.connect(self._tick)
+
+    def _tick(self) -> None:
+        now = time.perf_counter()
+        self.gaps.append(now - self._last)
+        self._last = now
+
+    def start(self) -> None:
+        self._last = time.perf_counter()
+        self._timer.start()
+
+    def stop(self) -> None:
+        self._timer.stop()
+
+    @property
+    def max_ms(self) -> float:
+        return max(self.gaps) * 1000
+
+    @property
+    def p99_ms(self) -> float:
+        return sorted(self.gaps)[int(len(self.gaps) * 0.99)] * 1000
+
+
 def wait_until(condition: Callable[[], bool], timeout_s: float) -> None:
     deadline = time.monotonic() + timeout_s
     while not condition():
@@ -47,35 +79,25 @@ def measure(bundle: Path, questions: int, answer_tokens: int) -> dict[str, float
         window.show()
         try:
             wait_until(lambda: controller.model_state == "ready", 300)
-            gaps: list[float] = []
-            last = [time.perf_counter()]
-
-            def tick() -> None:
-                now = time.perf_counter()
-                gaps.append(now - last[0])
-                last[0] = now
-
-            timer = QTimer()
-            timer.setInterval(5)
-            timer.timeout.connect(tick)
+            meter = StallMeter()
             progress = []
             controller.index_progress.connect(progress.append)
             controller.add_folder(str(KJV))
-            timer.start()
+            meter.start()
             wait_until(lambda: bool(progress) and progress[-1].state == "indexing", 120)
             for question in QUESTIONS[:questions]:
                 window.ask(question)
                 wait_until(lambda: window.worker is None, 600)
-            timer.stop()
+            meter.stop()
             chunks = progress[-1].encoded if progress else 0
         finally:
             window.close()
             controller.shutdown()
     del app
     return {
-        "max_gui_stall_ms": max(gaps) * 1000,
-        "p99_gui_stall_ms": sorted(gaps)[int(len(gaps) * 0.99)] * 1000,
-        "ticks": len(gaps),
+        "max_gui_stall_ms": meter.max_ms,
+        "p99_gui_stall_ms": meter.p99_ms,
+        "ticks": len(meter.gaps),
         "questions": questions,
         "chunks_encoded_meanwhile": chunks,
     }

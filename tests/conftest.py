@@ -8,6 +8,7 @@ import os
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +20,16 @@ ROOT = Path(__file__).resolve().parents[1]
 FIXTURES = Path(__file__).resolve().parent / "fixtures"
 CHECKPOINT = FIXTURES / "tiny-dolphin"
 REFERENCE = FIXTURES / "reference"
+
+
+def set_user_version(database: Path, version: int) -> None:
+    """Stamp a SQLite file with a schema version, as another release of the app would."""
+    db = sqlite3.connect(database)
+    try:
+        db.execute(f"PRAGMA user_version = {version}")
+        db.commit()
+    finally:
+        db.close()
 
 
 @pytest.fixture(scope="session")

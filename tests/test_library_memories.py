@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 
 from app.library.store import SCHEMA_VERSION, Store, StoreError
-from tests.conftest import ROOT, wait_for
+from tests.conftest import ROOT, set_user_version, wait_for
 
 KJV = ROOT / "benchmarks" / "data" / "kjv"
 
@@ -150,10 +150,7 @@ def test_kill_9_loses_nothing_that_was_stored(fp32_bundle, tmp_path, report) -> 
 def test_newer_schema_is_refused_without_damage(tmp_path) -> None:
     store = Store(tmp_path)
     store.close()
-    db = sqlite3.connect(tmp_path / "library.sqlite3")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    db.commit()
-    db.close()
+    set_user_version(tmp_path / "library.sqlite3", SCHEMA_VERSION + 1)
     before = (tmp_path / "library.sqlite3").read_bytes()
     try:
         Store(tmp_path)

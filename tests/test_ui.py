@@ -6,11 +6,11 @@ import shutil
 from pathlib import Path
 
 import pytest
-from PySide6.QtCore import Qt, QTimer
+from PySide6.QtCore import Qt
 
 from app.settings import Settings, load_settings, save_settings
 from app.ui.main import create_window
-from tests.conftest import ROOT
+from tests.conftest import ROOT, set_user_version
 
 KJV = ROOT / "benchmarks" / "data" / "kjv"
 
@@ -223,20 +223,10 @@ def test_the_event_loop_never_stalls_while_indexing_and_answering(
         settings=Settings(bundle_path=str(fp32_bundle), max_new_tokens=300, chunk_tokens=96)
     )
     wait_ready(qtbot, controller)
-    import time
+    from benchmarks.gui_stall import StallMeter
 
-    gaps: list[float] = []
-    last = [time.perf_counter()]
-
-    def tick() -> None:
-        now = time.perf_counter()
-        gaps.append(now - last[0])
-        last[0] = now
-
-    timer = QTimer()
-    timer.setInterval(5)
-    timer.timeout.connect(tick)
-    timer.start()
+    meter = StallMeter()
+    meter.start()
     latest = []
     controller.index_progress.connect(latest.append)
     controller.add_folder(str(folder))
@@ -245,11 +235,11 @@ def test_the_event_loop_never_stalls_while_indexing_and_answering(
         window.ask(question)
         qtbot.waitUntil(lambda: window.worker is None, timeout=60000)
     qtbot.waitUntil(lambda: latest[-1].state == "idle" and latest[-1].documents_done == 18, timeout=120000)
-    timer.stop()
-    worst_ms = max(gaps) * 1000
+    meter.stop()
+    worst_ms = meter.max_ms
     report(
         f"longest GUI event-loop stall while indexing 18 documents and answering 3 questions: {worst_ms:.1f} ms "
-        f"over {len(gaps)} ticks"
+        f"over {len(meter.gaps)} ticks"
     )
     assert worst_ms < 2000
 
@@ -293,16 +283,11 @@ def test_shift_enter_adds_a_line_and_enter_sends(qtbot, open_window) -> None:
 
 
 def test_the_window_reports_a_library_from_a_newer_app(qtbot, open_window, fp32_bundle, tmp_path) -> None:
-    import sqlite3
-
     from app.library.store import SCHEMA_VERSION, Store
 
     data_dir = tmp_path / "data"
     Store(data_dir).close()
-    db = sqlite3.connect(data_dir / "library.sqlite3")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
-    db.commit()
-    db.close()
+    set_user_version(data_dir / "library.sqlite3", SCHEMA_VERSION + 1)
     before = (data_dir / "library.sqlite3").read_bytes()
     _window, controller = open_window(data_dir, Settings(bundle_path=str(fp32_bundle)))
     qtbot.waitUntil(lambda: controller.model_state == "error", timeout=60000)

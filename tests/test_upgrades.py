@@ -14,7 +14,7 @@ import pytest
 
 from app.chats import ChatStore, ChatStoreError
 from app.library.store import SCHEMA_VERSION, Store, StoreError
-from tests.conftest import FIXTURES
+from tests.conftest import FIXTURES, set_user_version
 
 V1 = FIXTURES / "library-v1"
 
@@ -74,10 +74,7 @@ def test_a_new_document_records_when_it_was_indexed(tmp_path) -> None:
 
 def test_an_older_app_refuses_a_newer_chats_database_without_damage(tmp_path) -> None:
     ChatStore(tmp_path).close()
-    db = sqlite3.connect(tmp_path / "chats.sqlite3")
-    db.execute("PRAGMA user_version = 7")
-    db.commit()
-    db.close()
+    set_user_version(tmp_path / "chats.sqlite3", 7)
     before = (tmp_path / "chats.sqlite3").read_bytes()
     with pytest.raises(ChatStoreError, match="newer Dolphin Desk"):
         ChatStore(tmp_path)
@@ -106,9 +103,9 @@ def test_an_upgrade_after_a_downgrade_refreshes_the_backup(tmp_path) -> None:
 def test_a_newer_library_in_rollback_journal_mode_is_left_byte_for_byte(tmp_path) -> None:
     db = sqlite3.connect(tmp_path / "library.sqlite3")
     db.execute("CREATE TABLE future (x)")
-    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 5}")
     db.commit()
     db.close()
+    set_user_version(tmp_path / "library.sqlite3", SCHEMA_VERSION + 5)
     before = (tmp_path / "library.sqlite3").read_bytes()
     with pytest.raises(StoreError, match="newer Dolphin Desk"):
         Store(tmp_path)
