@@ -73,6 +73,10 @@ class Indexer:
         self._answering.set()
         self._stop = threading.Event()
         self._idle = threading.Event()
+        # Counts wake() calls, so the thread only reports idle if nobody woke it between its last
+        # look at the queue and now; otherwise a scan that queued work just then could see "idle".
+        self._wakes = 0
+        self._wakes_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.encoded = 0
         self.reused = 0
@@ -116,7 +120,9 @@ class Indexer:
         return _AnsweringGate(self._answering)
 
     def wake(self) -> None:
-        self._idle.clear()
+        with self._wakes_lock:
+            self._wakes += 1
+            self._idle.clear()
         self._wake.set()
 
     def wait_idle(self, timeout: float | None = None) -> bool:
@@ -161,6 +167,8 @@ class Indexer:
         while not self._stop.is_set():
             if not self._gate():
                 return
+            with self._wakes_lock:
+                wakes_seen = self._wakes
             try:
                 document = self._store.next_pending()
             except StoreError as exc:
@@ -170,7 +178,9 @@ class Indexer:
                 self._collect_garbage()
                 self._current = None
                 self._emit("idle")
-                self._idle.set()
+                with self._wakes_lock:
+                    if self._wakes == wakes_seen:
+                        self._idle.set()
                 self._wake.wait(1.0)
                 self._wake.clear()
                 continue

@@ -164,7 +164,9 @@ class Library:
             except OSError:
                 found[path] = None  # unreadable (a looping link, a vanished file): the indexer records why
         known = {d.path: d for d in self.store.documents(folder.id)}
-        self.store.remove_documents([p for p in known if p not in found])
+        # New and changed files are queued before vanished ones are removed: a renamed or moved
+        # file is then pending before its old entry goes, so the memory garbage collector never
+        # sees its memories unreferenced and the indexer reuses them instead of re-encoding.
         for path, facts in found.items():
             document = known.get(path)
             if document is None:
@@ -173,6 +175,7 @@ class Library:
                 self.store.upsert_pending(folder.id, path, PRIORITY_CHANGED)
             elif facts is not None and (document.size, document.mtime) != facts:
                 self.store.upsert_pending(folder.id, path, PRIORITY_CHANGED)
+        self.store.remove_documents([p for p in known if p not in found])
 
     def reconcile(self) -> None:
         for folder in self.store.folders():
@@ -213,12 +216,15 @@ class Library:
         self.store.close()
 
     def _on_change(self, change: Change) -> None:
+        target = change.dest if change.kind in ("moved", "dir_moved") else change.path
+        if target is not None and change.kind not in ("deleted", "dir_deleted"):
+            self._queue(change.kind, target)
+        # After the destination is queued (see _scan for why the order matters).
         if change.kind in ("deleted", "dir_deleted", "moved", "dir_moved"):
             self._forget(change.path, directory=change.kind.startswith("dir"))
-        target = change.dest if change.kind in ("moved", "dir_moved") else change.path
-        if target is None or change.kind in ("deleted", "dir_deleted"):
-            self.indexer.wake()
-            return
+        self.indexer.wake()
+
+    def _queue(self, kind: str, target: Path) -> None:
         folder = self._folder_of(target)
         if folder is None:
             return
@@ -226,12 +232,11 @@ class Library:
         if target.name == ".gitignore":
             folder_filter.forget_gitignore(target.parent)
             self._scan(folder)
-        elif change.kind in ("dir_created", "dir_moved"):
+        elif kind in ("dir_created", "dir_moved"):
             if target.is_dir():
                 self._scan(folder, new_priority=PRIORITY_CHANGED)
         elif folder_filter.in_scope(target) and target.is_file():
             self.store.upsert_pending(folder.id, target, PRIORITY_CHANGED)
-        self.indexer.wake()
 
     def _forget(self, path: Path, directory: bool) -> None:
         folder = next((f for f in self.store.folders() if f.path == path), None)

@@ -364,12 +364,6 @@ class Store:
         ]
         return self.remove_documents(paths)
 
-    def move_document(self, old: Path, new: Path) -> bool:
-        """Keep a renamed or moved file's chunks and memories under its new path."""
-        with self.transaction() as db:
-            db.execute("DELETE FROM documents WHERE path = ?", (str(new),))
-            return db.execute("UPDATE documents SET path=? WHERE path=?", (str(new), str(old))).rowcount > 0
-
     def replace_chunks(
         self, path: Path, chunks: list[ChunkRecord], size: int, mtime: float, content_hash: str, state: str = "ready"
     ) -> None:
@@ -425,10 +419,14 @@ class Store:
         return {"memories": row["n"], "bytes_per_memory": float(row["avg"])}
 
     def collect_garbage(self) -> int:
-        """Delete memories no chunk refers to any more. Only the indexer calls it, between
-        documents: memories of a document in flight have no chunks yet and would be lost."""
+        """Delete memories no chunk refers to any more, and only while no document waits to be
+        indexed: a pending document may be a moved or copied file whose memories it will reuse,
+        and one in flight has memories but no chunks yet. Checked in the same transaction."""
         with self.transaction() as db:
-            return db.execute("DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks)").rowcount
+            return db.execute(
+                "DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks) "
+                "AND NOT EXISTS (SELECT 1 FROM documents WHERE state IN ('pending', 'indexing'))"
+            ).rowcount
 
     # retrieval -----------------------------------------------------------------------------
 
