@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 import time
 from collections.abc import Callable
@@ -63,6 +64,7 @@ def run_guarded(action: Callable[[], int], debug: bool = False) -> int:
         if isinstance(exc, _user_errors()):
             message = _describe_os_error(exc) if isinstance(exc, OSError) else str(exc)
         else:
+            logging.getLogger("dolphin.cli").error("unexpected error", exc_info=exc)
             message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
         print(f"dolphin-desk: error: {message}", file=sys.stderr)
         return EXIT_ERROR
@@ -109,8 +111,11 @@ def _data_dir(args: argparse.Namespace) -> Path:
 
 def _open_library(args: argparse.Namespace, on_progress: Callable | None = None):  # noqa: ANN202
     from app.library.library import Library
+    from app.logs import setup_logging
 
-    return Library(_data_dir(args), _load_model(args), chunk_tokens=args.chunk_tokens, on_progress=on_progress)
+    data_dir = _data_dir(args)
+    setup_logging(data_dir)
+    return Library(data_dir, _load_model(args), chunk_tokens=args.chunk_tokens, on_progress=on_progress)
 
 
 class _ProgressLine:
@@ -195,11 +200,19 @@ def cmd_status(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(status, ensure_ascii=False))
         return 0
+    if status["indexer"]["state"] == "stopped":
+        print(f"indexer: {status['indexer']['reason']}")
+    for problem in status["problems"]:
+        print(f"problem: {problem['message']}")
     for folder in status["folders"]:
         counts = ", ".join(f"{n} {state}" for state, n in sorted(folder["counts"].items())) or "empty"
         print(f"{folder['path']}{' (missing)' if folder['missing'] else ''}: {counts}")
+        for problem in folder["problems"]:
+            subject = f"{problem['subject']}: " if problem["subject"] else ""
+            print(f"  problem ({problem['source']}): {subject}{problem['message']}")
     for document in status["documents"]:
-        reason = f"  ({document['error']})" if document["error"] else ""
+        reason = document["error"] or document["note"]
+        reason = f"  ({reason})" if reason else ""
         print(f"  {document['state']:<8} {document['chunks']:>4} chunks  {document['path']}{reason}")
     return 0
 

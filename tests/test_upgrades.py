@@ -17,6 +17,7 @@ from app.library.store import SCHEMA_VERSION, Store, StoreError
 from tests.conftest import FIXTURES, set_user_version
 
 V1 = FIXTURES / "library-v1"
+V2 = FIXTURES / "library-v2"
 
 
 def _user_version(path: Path) -> int:
@@ -31,7 +32,7 @@ def test_a_schema_1_library_is_migrated_with_everything_kept(tmp_path) -> None:
     shutil.copy(V1 / "library.sqlite3", tmp_path / "library.sqlite3")
     store = Store(tmp_path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 2
+        assert store.schema_version == SCHEMA_VERSION == 3
         assert store.integrity_check() == "ok"
         ready = store.document(Path("/home/ada/Notes/harbour.txt"))
         pending = store.document(Path("/home/ada/Notes/later.txt"))
@@ -47,6 +48,28 @@ def test_a_schema_1_library_is_migrated_with_everything_kept(tmp_path) -> None:
         store.close()
     backup = tmp_path / "library.sqlite3.schema1.bak"
     assert _user_version(backup) == 1, "the pre-upgrade copy must be the old library, untouched"
+
+
+def test_a_schema_2_library_is_migrated_with_everything_kept(tmp_path) -> None:
+    """0.2.0's library (tests/fixtures/make_library_v2.py) gains document notes and problems."""
+    shutil.copy(V2 / "library.sqlite3", tmp_path / "library.sqlite3")
+    store = Store(tmp_path)
+    try:
+        assert store.schema_version == 3 and store.integrity_check() == "ok"
+        ready = store.document(Path("/home/ada/Notes/harbour.txt"))
+        broken = store.document(Path("/home/ada/Notes/broken.pdf"))
+        assert ready is not None and ready.state == "ready" and ready.note is None and ready.indexed_at
+        assert broken is not None and broken.state == "failed" and "EOF marker" in broken.error
+        assert store.problems() == []
+        hits = store.search("green lamp", 3)
+        states, tokens = store.get_memory(hits[0].text_hash, "tiny-encoder")
+        np.testing.assert_array_equal(states.astype(np.float16), np.load(V2 / "memory.npy"))
+        assert tokens == 11
+        store.set_problem(0, "indexer", "", "the indexer stopped: RuntimeError")
+        assert [p.message for p in store.problems()] == ["the indexer stopped: RuntimeError"]
+    finally:
+        store.close()
+    assert _user_version(tmp_path / "library.sqlite3.schema2.bak") == 2
 
 
 def test_a_migrated_library_opens_again_without_a_second_backup(tmp_path) -> None:

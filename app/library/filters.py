@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import fnmatch
 import os
+import stat
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -73,6 +74,7 @@ DEFAULT_EXCLUDE = [
     "package-lock.json",
 ]
 DEFAULT_MAX_FILE_MB = 50
+GITIGNORE_MAX_BYTES = 256 * 1024
 
 
 @dataclass
@@ -84,21 +86,57 @@ class FolderFilter:
     exclude: list[str] = field(default_factory=lambda: list(DEFAULT_EXCLUDE))
     max_file_mb: float = DEFAULT_MAX_FILE_MB
     _gitignores: dict[Path, pathspec.PathSpec | None] = field(default_factory=dict)
+    problems: dict[Path, str] = field(default_factory=dict)  # .gitignore path -> what is wrong with it
 
     def _excluded_name(self, name: str) -> bool:
         return any(fnmatch.fnmatch(name, pattern) for pattern in self.exclude)
 
     def _gitignore(self, directory: Path) -> pathspec.PathSpec | None:
         if directory not in self._gitignores:
-            try:
-                lines = (directory / ".gitignore").read_text(encoding="utf-8", errors="replace").splitlines()
-                self._gitignores[directory] = pathspec.GitIgnoreSpec.from_lines(lines)
-            except OSError:
-                self._gitignores[directory] = None
+            self._gitignores[directory] = self._read_gitignore(directory / ".gitignore")
         return self._gitignores[directory]
+
+    def _read_gitignore(self, path: Path) -> pathspec.PathSpec | None:
+        """The patterns of one .gitignore; a bad one is reported in `problems`, never fatal.
+
+        Only a regular file is read (a FIFO named .gitignore would block forever), at most
+        GITIGNORE_MAX_BYTES of it; a line git would reject is left out and named.
+        """
+        self.problems.pop(path, None)
+        try:
+            info = path.lstat()
+        except OSError:
+            return None
+        if not stat.S_ISREG(info.st_mode):
+            self.problems[path] = "not a regular file: its patterns are not used"
+            return None
+        try:
+            with path.open("rb") as handle:
+                data = handle.read(GITIGNORE_MAX_BYTES + 1)
+        except OSError as exc:
+            self.problems[path] = f"cannot be read ({exc.strerror or exc}): its patterns are not used"
+            return None
+        if len(data) > GITIGNORE_MAX_BYTES:
+            self.problems[path] = f"larger than {GITIGNORE_MAX_BYTES // 1024} KB: only its beginning is used"
+            data = data[:GITIGNORE_MAX_BYTES]
+        lines = data.decode("utf-8", errors="replace").splitlines()
+        try:
+            return pathspec.GitIgnoreSpec.from_lines(lines)
+        except Exception:  # noqa: BLE001 - pathspec raises several types for bad patterns; find the lines
+            pass
+        good, bad = [], []
+        for number, line in enumerate(lines, start=1):
+            try:
+                pathspec.GitIgnoreSpec.from_lines([line])
+                good.append(line)
+            except Exception:  # noqa: BLE001 - see above
+                bad.append(f"line {number} ({line.strip()[:40]!r})")
+        self.problems[path] = "invalid pattern(s) ignored: " + ", ".join(bad[:5]) + (" …" if len(bad) > 5 else "")
+        return pathspec.GitIgnoreSpec.from_lines(good)
 
     def forget_gitignore(self, directory: Path) -> None:
         self._gitignores.pop(directory, None)
+        self.problems.pop(directory / ".gitignore", None)
 
     def _gitignored(self, path: Path, is_dir: bool) -> bool:
         for directory in [self.root, *[self.root / p for p in path.relative_to(self.root).parents if str(p) != "."]]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -14,11 +15,20 @@ from app.library.extractor import DEFAULT_TIMEOUT_S, Extractor
 from app.library.filters import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FolderFilter
 from app.library.indexer import PRIORITY_CHANGED, PRIORITY_SCAN, Indexer, IndexProgress
 from app.library.retrieval import DEFAULT_TOP_K, retrieve
-from app.library.store import Folder, Store, StoredChunk
+from app.library.store import (
+    LIBRARY_WIDE,
+    Folder,
+    Store,
+    StoredChunk,
+    StoreError,
+    display_path,
+)
 from app.library.watcher import Change, FolderWatcher
 from inference import AnswerStream, DolphinModel, GenerationSettings, InputError, Memory
 
 RECONCILE_EVERY_S = 600.0
+
+log = logging.getLogger("dolphin.library")
 
 
 class LibraryError(Exception):
@@ -31,9 +41,6 @@ class ModelEncoder:
     def __init__(self, model: DolphinModel) -> None:
         self._model = model
         self.encoder_identity = model.encoder_identity
-
-    def count_tokens(self, text: str) -> int:
-        return len(self._model.tokenizer.encode(text))
 
     def encode_states(self, text: str) -> np.ndarray:
         return self._model.encode(text).states
@@ -85,19 +92,22 @@ class Library:
         on_progress: Callable[[IndexProgress], None] | None = None,
         extraction_timeout_s: float = DEFAULT_TIMEOUT_S,
         debounce_s: float = 1.0,
+        on_indexer_failure: Callable[[str], None] | None = None,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.store = Store(self.data_dir)
         self.model = model
         self._filters: dict[int, FolderFilter] = {}
         self._lock = threading.RLock()
+        # One scan at a time: start-up, the periodic reconcile and watcher events all scan.
+        self._scan_lock = threading.Lock()
         self.indexer = Indexer(
             self.store,
             ModelEncoder(model),
             self.folder_filter,
-            chunk_tokens,
+            Extractor(model.manifest.path("tokenizer"), chunk_tokens, timeout_s=extraction_timeout_s),
             on_progress,
-            Extractor(timeout_s=extraction_timeout_s),
+            on_indexer_failure,
         )
         self._debounce_s = debounce_s
         self.watcher: FolderWatcher | None = None
@@ -129,8 +139,7 @@ class Library:
         with self._lock:
             self._filters.pop(folder.id, None)
         self._scan(folder)
-        if self.watcher is not None:
-            self.watcher.watch(folder.path)
+        self._watch(folder)
         self.indexer.wake()
         return folder
 
@@ -154,10 +163,15 @@ class Library:
 
     def _scan(self, folder: Folder, new_priority: int = PRIORITY_SCAN) -> None:
         """Bring the store in line with the disk for one folder (start-up, periodic, new folder)."""
+        with self._scan_lock:
+            self._scan_locked(folder, new_priority)
+
+    def _scan_locked(self, folder: Folder, new_priority: int) -> None:
         if not folder.path.is_dir():
             return  # missing (unmounted?): keep its index until it comes back or is removed
         found: dict[Path, tuple[int, float] | None] = {}
-        for path in self.folder_filter(folder.id).walk():
+        folder_filter = self.folder_filter(folder.id)
+        for path in folder_filter.walk():
             try:
                 stat = path.stat()
                 found[path] = (stat.st_size, stat.st_mtime)
@@ -176,6 +190,13 @@ class Library:
             elif facts is not None and (document.size, document.mtime) != facts:
                 self.store.upsert_pending(folder.id, path, PRIORITY_CHANGED)
         self.store.remove_documents([p for p in known if p not in found])
+        self._record_filter_problems(folder, folder_filter)
+
+    def _record_filter_problems(self, folder: Folder, folder_filter: FolderFilter) -> None:
+        problems = dict(folder_filter.problems)
+        for path, message in problems.items():
+            self.store.set_problem(folder.id, "gitignore", display_path(path), message)
+        self.store.clear_problems(folder.id, "gitignore", keep_subjects=[display_path(p) for p in problems])
 
     def reconcile(self) -> None:
         for folder in self.store.folders():
@@ -188,14 +209,32 @@ class Library:
         self.reconcile()
         self.indexer.start()
         if watch:
-            self.watcher = FolderWatcher(self._on_change, self._debounce_s)
+            self.watcher = FolderWatcher(self._on_change, self._debounce_s, on_error=self._on_watch_error)
             self.watcher.start()
             for folder in self.store.folders():
-                self.watcher.watch(folder.path)
+                self._watch(folder)
             self._reconciler = threading.Thread(
                 target=self._reconcile_periodically, name="dolphin-reconcile", daemon=True
             )
             self._reconciler.start()
+
+    def _watch(self, folder: Folder) -> None:
+        if self.watcher is None or not folder.path.is_dir():
+            return
+        if self.watcher.watch(folder.path):
+            self.store.clear_problems(folder.id, "watcher")
+        else:
+            message = self.watcher.errors.get(folder.path, "cannot watch this folder")
+            self.store.set_problem(folder.id, "watcher", "", f"{message}; changes are found every 10 minutes instead")
+
+    def _on_watch_error(self, path: Path, message: str) -> None:
+        """An event the watcher could not apply (recorded; the periodic reconcile catches up)."""
+        log.warning("watcher: %s: %s", display_path(path), message)
+        folder = self._folder_of(path)
+        try:
+            self.store.set_problem(folder.id if folder else LIBRARY_WIDE, "watcher", display_path(path), message)
+        except StoreError:
+            log.exception("could not record a watcher problem")
 
     def _reconcile_periodically(self) -> None:
         """What the watcher missed (network drives, events dropped under load) is caught here."""
@@ -203,10 +242,15 @@ class Library:
             try:
                 self.reconcile()
                 for folder in self.store.folders():
-                    if self.watcher is not None and folder.path.is_dir():
-                        self.watcher.watch(folder.path)
-            except Exception as exc:  # noqa: BLE001 - keep reconciling; the error is shown in status
+                    self._watch(folder)
+                self.store.clear_problems(LIBRARY_WIDE, "reconcile")
+            except Exception as exc:  # keep reconciling; the error is shown in status
+                log.exception("reconcile failed")
                 self.indexer.last_error = str(exc)
+                try:
+                    self.store.set_problem(LIBRARY_WIDE, "reconcile", "", f"checking the folders failed: {exc}")
+                except StoreError:
+                    pass
 
     def stop(self) -> None:
         self._stopping.set()
@@ -248,9 +292,14 @@ class Library:
             self.store.remove_documents([path])
 
     def index_until_done(self, timeout: float | None = None) -> bool:
+        """Index everything pending; True when done, False on timeout. Raises LibraryError when
+        the indexer stopped (its reason is also in the log and in `status`)."""
         self.indexer.start()
         self.indexer.wake()
-        return self.indexer.wait_idle(timeout)
+        done = self.indexer.wait_idle(timeout)
+        if self.indexer.failure is not None:
+            raise LibraryError(f"the indexer stopped: {self.indexer.failure} (details are in the log)")
+        return done
 
     # status and questions -------------------------------------------------------------------
 
@@ -284,7 +333,17 @@ class Library:
 
 
 def library_status(store: Store) -> dict[str, object]:
-    """Per folder and per document state; readable without loading a model."""
+    """Per folder and per document state, and what went wrong outside documents (a folder
+    that cannot be watched, a bad .gitignore, the indexer stopping); readable without a model."""
+    problems = store.problems()
+
+    def problems_of(folder_id: int) -> list[dict[str, object]]:
+        return [
+            {"source": p.source, "subject": p.subject, "message": p.message, "at": p.at}
+            for p in problems
+            if p.folder_id == folder_id
+        ]
+
     folders = []
     for folder in store.folders():
         documents = store.documents(folder.id)
@@ -293,26 +352,31 @@ def library_status(store: Store) -> dict[str, object]:
             counts[document.state] = counts.get(document.state, 0) + 1
         folders.append(
             {
-                "path": str(folder.path),
+                "path": display_path(folder.path),
                 "missing": not folder.path.is_dir(),
                 "counts": counts,
                 "documents": len(documents),
+                "problems": problems_of(folder.id),
             }
         )
     documents = [
         {
-            "path": str(d.path),
+            "path": display_path(d.path),
             "state": d.state,
             "chunks": d.chunk_count,
             "indexed_at": d.indexed_at,
             "error": d.error if d.state in ("failed", "skipped") else None,
+            "note": d.note if d.state == "ready" else None,
         }
         for d in store.documents()
     ]
+    stopped = next((p.message for p in problems if p.folder_id == LIBRARY_WIDE and p.source == "indexer"), None)
     return {
         "data_dir": str(store.path.parent),
         "folders": folders,
         "documents": documents,
         "counts": store.count_states(),
         "memories": store.memory_stats(),
+        "indexer": {"state": "stopped", "reason": stopped} if stopped else {"state": "running"},
+        "problems": problems_of(LIBRARY_WIDE),
     }

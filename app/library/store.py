@@ -9,6 +9,7 @@ and a different model bundle never mixes its memories in.
 
 from __future__ import annotations
 
+import os
 import sqlite3
 import threading
 import time
@@ -19,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 DB_NAME = "library.sqlite3"
 
 STATES = ("pending", "indexing", "ready", "failed", "skipped")
@@ -84,11 +85,71 @@ _MIGRATIONS: dict[int, str] = {
     ALTER TABLE documents ADD COLUMN indexed_at REAL;
     UPDATE documents SET indexed_at = updated_at WHERE state = 'ready';
     """,
+    # 3: what went wrong outside any one document (a folder that cannot be watched, a broken
+    # .gitignore, a reconcile that failed, the indexer itself stopping), so `status` and the
+    # folders panel can show it; and a note on a document that was indexed with a caveat
+    # ("only the first 8,000,000 characters").
+    3: """
+    ALTER TABLE documents ADD COLUMN note TEXT;
+    CREATE TABLE problems (
+        folder_id INTEGER NOT NULL,
+        source TEXT NOT NULL,
+        subject TEXT NOT NULL,
+        message TEXT NOT NULL,
+        at REAL NOT NULL,
+        PRIMARY KEY (folder_id, source, subject)
+    );
+    """,
 }
+
+LIBRARY_WIDE = 0  # problems.folder_id of a problem that belongs to no one folder
 
 
 class StoreError(Exception):
-    """The library database cannot be used (newer schema, unwritable, disk full); one line."""
+    """The library database cannot be used (newer schema, unwritable, disk full); one line.
+
+    `environmental` errors come from the machine (full disk, read-only folder, a lock held too
+    long) and go away when the machine changes, so work is retried; the others are about the
+    data being written, so the document at hand fails and the rest goes on.
+    """
+
+    def __init__(self, message: str, environmental: bool = True) -> None:
+        super().__init__(message)
+        self.environmental = environmental
+
+
+def db_path(path: Path | str) -> str | bytes:
+    """A path as the database keeps it: text, or the raw bytes of a name that is not UTF-8.
+
+    Linux allows any bytes in a file name; SQLite text must be UTF-8. Such names are stored as
+    BLOBs (compared byte for byte), so those files are indexed like any other.
+    """
+    text = os.fspath(path)
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return os.fsencode(text)
+    return text
+
+
+def path_from_db(value: str | bytes) -> Path:
+    return Path(os.fsdecode(value) if isinstance(value, bytes) else value)
+
+
+def display_path(path: Path | str) -> str:
+    """A path a person (and a JSON or terminal encoder) can read: bytes that are not UTF-8 as
+    U+FFFD, control characters (newlines in names) as visible escapes."""
+    text = os.fspath(path).encode("utf-8", "surrogateescape").decode("utf-8", "replace")
+    return "".join(c if c.isprintable() or c == " " else repr(c)[1:-1] for c in text)
+
+
+@dataclass(frozen=True)
+class Problem:
+    folder_id: int  # LIBRARY_WIDE for the whole library
+    source: str  # watcher | reconcile | gitignore | indexer
+    subject: str
+    message: str
+    at: float
 
 
 @dataclass(frozen=True)
@@ -111,6 +172,7 @@ class Document:
     error: str | None
     chunk_count: int
     indexed_at: float | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -145,13 +207,21 @@ def _join_patterns(patterns: Iterable[str] | None) -> str | None:
     return None if patterns is None else "\n".join(patterns)
 
 
-def describe_sqlite_error(exc: sqlite3.Error, db_path: Path) -> str:
+def describe_sqlite_error(exc: sqlite3.Error, db_file: Path) -> str:
     text = str(exc)
     if "full" in text:
-        return f"the disk holding {db_path.parent} is full: free some space, nothing was lost"
+        return f"the disk holding {db_file.parent} is full: free some space, nothing was lost"
     if "readonly" in text or "read-only" in text or "unable to open" in text:
-        return f"cannot write the library at {db_path}: the folder is read-only or not accessible"
+        return f"cannot write the library at {db_file}: the folder is read-only or not accessible"
     return f"library database error: {text}"
+
+
+def store_error(exc: sqlite3.Error, db_file: Path) -> StoreError:
+    """Environmental (retry later) unless SQLite refused the data itself."""
+    data_problem = isinstance(exc, (sqlite3.DataError, sqlite3.IntegrityError, sqlite3.ProgrammingError)) or (
+        "too big" in str(exc)
+    )
+    return StoreError(describe_sqlite_error(exc, db_file), environmental=not data_problem)
 
 
 class Store:
@@ -197,14 +267,14 @@ class Store:
             except sqlite3.Error as exc:
                 if self._db.in_transaction:
                     self._db.execute("ROLLBACK")
-                raise StoreError(describe_sqlite_error(exc, self.path)) from None
+                raise store_error(exc, self.path) from None
 
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
         with self._lock:
             try:
                 return self._db.execute(sql, params).fetchall()
             except sqlite3.Error as exc:
-                raise StoreError(describe_sqlite_error(exc, self.path)) from None
+                raise store_error(exc, self.path) from None
 
     def _refuse_newer(self) -> None:
         version = self._db.execute("PRAGMA user_version").fetchone()[0]
@@ -261,14 +331,17 @@ class Store:
                 "INSERT INTO folders(path, include_patterns, exclude_patterns, added_at) VALUES (?, ?, ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET include_patterns=excluded.include_patterns, "
                 "exclude_patterns=excluded.exclude_patterns",
-                (str(path), _join_patterns(include), _join_patterns(exclude), time.time()),
+                (db_path(path), _join_patterns(include), _join_patterns(exclude), time.time()),
             )
         return next(f for f in self.folders() if f.path == path)
 
     def folders(self) -> list[Folder]:
         return [
             Folder(
-                r["id"], Path(r["path"]), _split_patterns(r["include_patterns"]), _split_patterns(r["exclude_patterns"])
+                r["id"],
+                path_from_db(r["path"]),
+                _split_patterns(r["include_patterns"]),
+                _split_patterns(r["exclude_patterns"]),
             )
             for r in self._query("SELECT * FROM folders ORDER BY path")
         ]
@@ -276,6 +349,45 @@ class Store:
     def remove_folder(self, folder_id: int) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
+            db.execute("DELETE FROM problems WHERE folder_id = ?", (folder_id,))
+
+    # problems ------------------------------------------------------------------------------
+
+    def problems(self) -> list[Problem]:
+        return [
+            Problem(r["folder_id"], r["source"], r["subject"], r["message"], r["at"])
+            for r in self._query("SELECT * FROM problems ORDER BY folder_id, source, subject")
+        ]
+
+    def set_problem(self, folder_id: int, source: str, subject: str, message: str) -> None:
+        """Record (or update) a problem; no write when it is already recorded as it is."""
+        known = self._query(
+            "SELECT message FROM problems WHERE folder_id=? AND source=? AND subject=?", (folder_id, source, subject)
+        )
+        if known and known[0]["message"] == message:
+            return
+        with self.transaction() as db:
+            db.execute(
+                "INSERT OR REPLACE INTO problems(folder_id, source, subject, message, at) VALUES (?, ?, ?, ?, ?)",
+                (folder_id, source, subject, message, time.time()),
+            )
+
+    def clear_problems(self, folder_id: int, source: str, keep_subjects: Iterable[str] = ()) -> None:
+        """Forget a source's problems for a folder, except those about `keep_subjects`; no write
+        when there is nothing to forget."""
+        keep = set(keep_subjects)
+        stale = [
+            r["subject"]
+            for r in self._query("SELECT subject FROM problems WHERE folder_id=? AND source=?", (folder_id, source))
+            if r["subject"] not in keep
+        ]
+        if not stale:
+            return
+        with self.transaction() as db:
+            db.executemany(
+                "DELETE FROM problems WHERE folder_id=? AND source=? AND subject=?",
+                [(folder_id, source, subject) for subject in stale],
+            )
 
     # documents -----------------------------------------------------------------------------
 
@@ -284,7 +396,7 @@ class Store:
         return Document(
             row["id"],
             row["folder_id"],
-            Path(row["path"]),
+            path_from_db(row["path"]),
             row["size"],
             row["mtime"],
             row["content_hash"],
@@ -292,6 +404,7 @@ class Store:
             row["error"],
             row["chunk_count"],
             row["indexed_at"],
+            row["note"],
         )
 
     def documents(self, folder_id: int | None = None) -> list[Document]:
@@ -302,7 +415,7 @@ class Store:
         return [self._document(r) for r in rows]
 
     def document(self, path: Path) -> Document | None:
-        rows = self._query("SELECT * FROM documents WHERE path = ?", (str(path),))
+        rows = self._query("SELECT * FROM documents WHERE path = ?", (db_path(path),))
         return self._document(rows[0]) if rows else None
 
     def upsert_pending(self, folder_id: int, path: Path, priority: int) -> None:
@@ -312,7 +425,7 @@ class Store:
                 "INSERT INTO documents(folder_id, path, state, priority, updated_at) VALUES (?, ?, 'pending', ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET state='pending', error=NULL, folder_id=excluded.folder_id, "
                 "priority=MIN(priority, excluded.priority), updated_at=excluded.updated_at",
-                (folder_id, str(path), priority, time.time()),
+                (folder_id, db_path(path), priority, time.time()),
             )
 
     def set_state(
@@ -323,22 +436,27 @@ class Store:
         size: int | None = None,
         mtime: float | None = None,
         content_hash: str | None = None,
+        note: str | None = None,
     ) -> None:
         with self.transaction() as db:
             db.execute(
                 "UPDATE documents SET state=?, error=?, size=COALESCE(?, size), mtime=COALESCE(?, mtime), "
-                "content_hash=COALESCE(?, content_hash), updated_at=? WHERE path=?",
-                (state, error, size, mtime, content_hash, time.time(), str(path)),
+                "content_hash=COALESCE(?, content_hash), note=?, updated_at=? WHERE path=?",
+                (state, error, size, mtime, content_hash, note, time.time(), db_path(path)),
             )
             if state in ("failed", "skipped"):
                 db.execute(
-                    "DELETE FROM chunks WHERE document_id = (SELECT id FROM documents WHERE path=?)", (str(path),)
+                    "DELETE FROM chunks WHERE document_id = (SELECT id FROM documents WHERE path=?)", (db_path(path),)
                 )
-                db.execute("UPDATE documents SET chunk_count=0 WHERE path=?", (str(path),))
+                db.execute("UPDATE documents SET chunk_count=0 WHERE path=?", (db_path(path),))
 
-    def next_pending(self) -> Document | None:
+    def next_pending(self, exclude: Iterable[int] = ()) -> Document | None:
+        """The most urgent document waiting to be indexed, other than those in `exclude`."""
+        skip = sorted(set(exclude))
         rows = self._query(
-            "SELECT * FROM documents WHERE state IN ('pending', 'indexing') ORDER BY priority, id LIMIT 1"
+            "SELECT * FROM documents WHERE state IN ('pending', 'indexing') "
+            f"AND id NOT IN ({', '.join('?' * len(skip))}) ORDER BY priority, id LIMIT 1",
+            tuple(skip),
         )
         return self._document(rows[0]) if rows else None
 
@@ -352,28 +470,38 @@ class Store:
         removed = 0
         with self.transaction() as db:
             for path in paths:
-                removed += db.execute("DELETE FROM documents WHERE path = ?", (str(path),)).rowcount
+                removed += db.execute("DELETE FROM documents WHERE path = ?", (db_path(path),)).rowcount
         return removed
 
     def remove_under(self, directory: Path) -> int:
         """Every document inside `directory` (a folder that was deleted or moved away)."""
-        prefix = str(directory).rstrip("/\\") + "/"
+        prefix = os.fsencode(os.path.join(os.fspath(directory), ""))
         paths = [
-            Path(r["path"])
-            for r in self._query("SELECT path FROM documents WHERE substr(path, 1, ?) = ?", (len(prefix), prefix))
+            path_from_db(r["path"])
+            for r in self._query(
+                "SELECT path FROM documents WHERE substr(CAST(path AS BLOB), 1, ?) = ?", (len(prefix), prefix)
+            )
         ]
         return self.remove_documents(paths)
 
     def replace_chunks(
-        self, path: Path, chunks: list[ChunkRecord], size: int, mtime: float, content_hash: str, state: str = "ready"
+        self,
+        path: Path,
+        chunks: list[ChunkRecord],
+        size: int,
+        mtime: float,
+        content_hash: str,
+        state: str = "ready",
+        note: str | None = None,
     ) -> None:
         """The one commit per document: new chunks, state and file facts together."""
         with self.transaction() as db:
-            row = db.execute("SELECT id FROM documents WHERE path=?", (str(path),)).fetchone()
+            row = db.execute("SELECT id FROM documents WHERE path=?", (db_path(path),)).fetchone()
             if row is None:
                 return
             db.execute("DELETE FROM chunks WHERE document_id=?", (row["id"],))
             now = time.time()
+            indexed_at = now if state == "ready" else None
             db.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, char_start, char_end, page, token_count, text_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -383,9 +511,9 @@ class Store:
                 ],
             )
             db.execute(
-                "UPDATE documents SET state=?, error=NULL, chunk_count=?, size=?, mtime=?, content_hash=?, "
+                "UPDATE documents SET state=?, error=NULL, note=?, chunk_count=?, size=?, mtime=?, content_hash=?, "
                 "updated_at=?, indexed_at=? WHERE id=?",
-                (state, len(chunks), size, mtime, content_hash, now, now if state == "ready" else None, row["id"]),
+                (state, note, len(chunks), size, mtime, content_hash, now, indexed_at, row["id"]),
             )
 
     # memories ------------------------------------------------------------------------------
@@ -441,7 +569,7 @@ class Store:
         return [
             StoredChunk(
                 r["id"],
-                Path(r["path"]),
+                path_from_db(r["path"]),
                 r["text"],
                 r["char_start"],
                 r["char_end"],

@@ -7,6 +7,7 @@ settled is checked again by the indexer before it reads anything.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable
@@ -16,7 +17,11 @@ from pathlib import Path
 from watchdog.events import FileSystemEvent, FileSystemEventHandler
 from watchdog.observers import Observer
 
+from app.logs import describe_exception
+
 DEFAULT_DEBOUNCE_S = 1.0
+
+log = logging.getLogger("dolphin.watcher")
 
 
 @dataclass(frozen=True)
@@ -45,8 +50,14 @@ class _Handler(FileSystemEventHandler):
 
 
 class FolderWatcher:
-    def __init__(self, on_change: Callable[[Change], None], debounce_s: float = DEFAULT_DEBOUNCE_S) -> None:
+    def __init__(
+        self,
+        on_change: Callable[[Change], None],
+        debounce_s: float = DEFAULT_DEBOUNCE_S,
+        on_error: Callable[[Path, str], None] | None = None,
+    ) -> None:
         self._on_change = on_change
+        self._on_error = on_error or (lambda path, message: None)
         self._debounce_s = debounce_s
         self._observer = Observer()
         self._watches: dict[Path, object] = {}
@@ -102,4 +113,9 @@ class FolderWatcher:
                 try:
                     self._on_change(change)
                 except Exception as exc:  # noqa: BLE001 - one bad event must not end watching
-                    self.errors[change.path] = f"{type(exc).__name__}: {exc}"
+                    message = f"a change could not be applied ({describe_exception(exc)})"
+                    self.errors[change.path] = message
+                    try:
+                        self._on_error(change.path, message)
+                    except Exception:  # the listener's own failure is logged, watching goes on
+                        log.exception("the watcher's error listener failed")

@@ -6,7 +6,9 @@ worker; results come back as signals on the GUI thread.
 
 from __future__ import annotations
 
+import logging
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +20,11 @@ from app.power import on_battery
 from app.settings import Settings, load_settings, save_settings
 from app.ui.tasks import TaskRunner
 from inference import DolphinModel, GenerationSettings
+
+MAX_RESTARTS = 3  # indexer restarts allowed within RESTART_WINDOW_S before giving up
+RESTART_WINDOW_S = 600.0
+
+log = logging.getLogger("dolphin.ui")
 
 
 class AnswerWorker(QThread):
@@ -68,6 +75,8 @@ class AppController(QObject):
     index_progress = Signal(object)
     status_ready = Signal(dict)
     error = Signal(str, str)
+    # From the dying indexer thread; handled on the GUI thread (restart, banner).
+    indexer_failed = Signal(str)
 
     def __init__(self, data_dir: Path, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -90,6 +99,8 @@ class AppController(QObject):
         self._battery_timer.setInterval(30_000)
         self._battery_timer.timeout.connect(self._check_battery)
         self._battery_timer.start()
+        self._restarts: list[float] = []
+        self.indexer_failed.connect(self._restart_indexer)
         if settings_note:
             QTimer.singleShot(0, lambda: self.error.emit(settings_note, ""))
 
@@ -114,7 +125,11 @@ class AppController(QObject):
         def work() -> tuple[DolphinModel, Library]:
             model = DolphinModel.load(bundle, provider=settings.provider, threads=settings.threads or None)
             library = Library(
-                self.data_dir, model, chunk_tokens=settings.chunk_tokens, on_progress=self.index_progress.emit
+                self.data_dir,
+                model,
+                chunk_tokens=settings.chunk_tokens,
+                on_progress=self.index_progress.emit,
+                on_indexer_failure=self.indexer_failed.emit,
             )
             with self._lock:
                 if self._closing:
@@ -199,6 +214,26 @@ class AppController(QObject):
         elif not battery and self._paused_for_battery:
             self._paused_for_battery = False
             self.library.indexer.resume()
+
+    def _restart_indexer(self, reason: str) -> None:
+        """The indexer thread died (a bug): say so and start a new one, unless it keeps dying."""
+        library = self.library
+        if library is None or self._closing:
+            return
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < RESTART_WINDOW_S]
+        if len(self._restarts) >= MAX_RESTARTS:
+            self.error.emit(
+                f"Indexing stopped: {reason}. It stopped {MAX_RESTARTS} times in a few minutes, so it was not "
+                "restarted; Help → Show log has the details. Restart the app to try again.",
+                "",
+            )
+            return
+        self._restarts.append(now)
+        log.warning("restarting the indexer after: %s", reason)
+        library.indexer.start()
+        self.error.emit(f"Indexing stopped unexpectedly ({reason}) and was restarted. Help → Show log has details.", "")
+        self.refresh_status()
 
     def refresh_status(self) -> None:
         """Re-read folder and document states in the background (coalesced)."""

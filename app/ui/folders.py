@@ -82,6 +82,11 @@ class FoldersPanel(QWidget):
         self.current.setObjectName("hint")
         self.current.setWordWrap(True)
         layout.addWidget(self.current)
+        self.problems = QLabel("")
+        self.problems.setObjectName("problems")
+        self.problems.setWordWrap(True)
+        self.problems.hide()
+        layout.addWidget(self.problems)
         self.tree = QTreeWidget()
         self.tree.setHeaderLabels(["Name", "Chunks", "State"])
         self.tree.header().setStretchLastSection(True)
@@ -124,8 +129,8 @@ class FoldersPanel(QWidget):
 
     def _menu(self, position: QPoint) -> None:
         item = self.tree.itemAt(position)
-        if item is None:
-            return
+        if item is None or not item.data(0, Qt.ItemDataRole.UserRole):
+            return  # a problem row: nothing to open
         path = Path(item.data(0, Qt.ItemDataRole.UserRole))
         menu = QMenu(self)
         menu.addAction("Open", lambda: self._open(item))
@@ -172,6 +177,12 @@ class FoldersPanel(QWidget):
         if status == self._shown:
             return  # unchanged: keep the tree, its scroll position and selection as they are
         self._shown = status
+        library_problems = [p["message"] for p in status.get("problems", [])]
+        indexer = status.get("indexer", {})
+        if indexer.get("state") == "stopped":
+            library_problems.insert(0, str(indexer.get("reason")))
+        self.problems.setText("\n".join(f"⚠ {p}" for p in library_problems))
+        self.problems.setVisible(bool(library_problems))
         for index in range(self.tree.topLevelItemCount()):
             item = self.tree.topLevelItem(index)
             if item.isExpanded():
@@ -197,9 +208,16 @@ class FoldersPanel(QWidget):
             item.setToolTip(0, folder["path"])
             item.setData(0, Qt.ItemDataRole.UserRole, folder["path"])
             self.tree.addTopLevelItem(item)
+            for problem in folder.get("problems", []):
+                subject = f"{problem['subject']}: " if problem["subject"] else ""
+                row = QTreeWidgetItem([f"⚠ {problem['source']}", "", f"{subject}{problem['message']}"])
+                row.setToolTip(2, f"{subject}{problem['message']}")
+                row.setForeground(2, QColor(STATE_COLOURS["failed"]))
+                item.addChild(row)
             for document in documents_by_folder[folder["path"]]:
                 relative = os.path.relpath(document["path"], folder["path"])
-                label = document["state"] + (f": {document['error']}" if document["error"] else "")
+                detail = document["error"] or document.get("note")
+                label = document["state"] + (f": {detail}" if detail else "")
                 child = QTreeWidgetItem([relative, str(document["chunks"] or ""), label])
                 child.setData(0, Qt.ItemDataRole.UserRole, document["path"])
                 child.setToolTip(0, document["path"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import sys
 from pathlib import Path
 
@@ -10,8 +11,12 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 
 from app.chats import ChatStoreError
 from app.library.paths import default_data_dir
+from app.logs import install_exception_hooks, setup_logging
 from app.ui.controller import AppController
+from app.ui.crash import CrashReporter
 from app.ui.main_window import MainWindow
+
+log = logging.getLogger("dolphin.ui")
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
 
@@ -45,14 +50,21 @@ def create_window(data_dir: Path | None = None) -> tuple[MainWindow, AppControll
 
 def run_app(data_dir: Path | None = None) -> int:
     app = QApplication.instance() or QApplication(sys.argv)
+    data_dir = data_dir or default_data_dir()
+    log_file = setup_logging(data_dir)
+    install_exception_hooks()
     try:
         window, controller = create_window(data_dir)
     except (ChatStoreError, OSError) as exc:
         # Nothing can be shown without the data folder: say why in a dialog, not a traceback.
         message = str(exc) if isinstance(exc, ChatStoreError) else f"cannot use the data folder: {exc}"
+        log.error("cannot start: %s", message)
         QMessageBox.critical(None, "Dolphin Desk cannot start", message)
         return 1
+    reporter = CrashReporter(window, log_file)
     window.show()
     code = app.exec()
+    reporter.close()
     controller.shutdown()
+    log.info("closed")
     return code

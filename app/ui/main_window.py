@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer
-from PySide6.QtGui import QAction, QCloseEvent, QKeySequence, QShortcut
+from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
@@ -21,8 +21,10 @@ from PySide6.QtWidgets import (
 
 from app.chats import Message
 from app.library.indexer import IndexProgress
+from app.logs import log_path
 from app.ui.chat import ChatPanel
 from app.ui.controller import AnswerWorker, AppController
+from app.ui.crash import open_log_file
 from app.ui.dialogs import SettingsDialog, about_text
 from app.ui.folders import FoldersPanel
 from app.ui.welcome import WelcomePage
@@ -110,6 +112,16 @@ class MainWindow(QMainWindow):
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
         help_menu = self.menuBar().addMenu("&Help")
+        show_log = QAction("Show &log", self)
+        show_log.triggered.connect(lambda: open_log_file(self, log_path(self.controller.data_dir)))
+        help_menu.addAction(show_log)
+        self.show_log_action = show_log
+        data_folder = QAction("Open &data folder", self)
+        data_folder.triggered.connect(
+            lambda: QDesktopServices.openUrl(QUrl.fromLocalFile(str(self.controller.data_dir)))
+        )
+        help_menu.addAction(data_folder)
+        help_menu.addSeparator()
         about = QAction("&About Dolphin Desk", self)
         about.triggered.connect(self.show_about)
         help_menu.addAction(about)
