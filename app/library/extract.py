@@ -125,9 +125,10 @@ def _html(path: Path) -> list[Segment]:
 def _pdf(path: Path) -> Extracted:
     """One segment per page; a page that cannot be read is named in a note, the rest is kept."""
     from pypdf import PdfReader
-    from pypdf.errors import FileNotDecryptedError, PdfReadError
+    from pypdf.errors import DependencyError, DeprecationError, FileNotDecryptedError, LimitReachedError, PyPdfError
 
-    readable = (PdfReadError, ValueError, KeyError, TypeError, AssertionError, AttributeError, IndexError)
+    readable = (PyPdfError, DeprecationError, DependencyError, NotImplementedError, ValueError, KeyError, TypeError)
+    readable = (*readable, AssertionError, AttributeError, IndexError)
     try:
         reader = PdfReader(path)
         if reader.is_encrypted and not reader.decrypt(""):
@@ -136,6 +137,8 @@ def _pdf(path: Path) -> Extracted:
         page_count = len(pages)
     except FileNotDecryptedError:
         raise ExtractionFailed("password-protected PDF") from None
+    except LimitReachedError as exc:
+        raise ExtractionFailed(f"not a readable PDF (its structure loops or nests too deeply: {exc})") from None
     except (*readable, RecursionError) as exc:
         raise ExtractionFailed(f"not a readable PDF ({type(exc).__name__}: {str(exc)[:120]})") from None
     segments: list[Segment] = []
