@@ -10,7 +10,7 @@ A bundle is a folder:
     embeddings.npy         the decoder's token embedding table, for the memory splice
 
 The projector is a separate stage so the library can persist 32 x 896 encoder states per chunk
-instead of 32 x 3584 projected ones (DESIGN.md §4).
+instead of 32 x 3584 projected ones (docs/ARCHITECTURE.md §4).
 """
 
 from __future__ import annotations

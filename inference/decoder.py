@@ -1,6 +1,6 @@
 """The main decoder over `inputs_embeds`, with its KV cache kept inside ONNX Runtime.
 
-ORT GenAI 0.18 has no public way to feed `inputs_embeds` to a qwen2 model (DESIGN.md §3), so
+ORT GenAI 0.18 has no public way to feed `inputs_embeds` to a qwen2 model (docs/ARCHITECTURE.md §3), so
 the builder's `exclude_embeds` export runs in a plain InferenceSession. The present KV tensors
 come back as OrtValues and are bound straight back as the next step's past, so the cache never
 round-trips through numpy.

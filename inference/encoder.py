@@ -14,7 +14,7 @@ from inference.bundle import Manifest
 class Memory:
     """One compressed context: the encoder's states at the 32 memory positions.
 
-    Stored unprojected ([32, encoder width], DESIGN.md §4); `DolphinModel.project` turns a list of
+    Stored unprojected ([32, encoder width], docs/ARCHITECTURE.md §4); `DolphinModel.project` turns a list of
     them into decoder-width vectors at answer time.
     """
 

@@ -3,7 +3,7 @@
 Nexa's model is loaded in bf16, so transformers 4.44 keeps its RoPE cos/sin tables as bf16
 buffers: every position's angle is rounded to bf16 before the model sees it. The builder computes
 the same tables in fp32. Rounding them here is what makes the export agree with the reference to
-~1e-6 instead of ~1e-2 (DESIGN.md §2). Everything else is the stock builder.
+~1e-6 instead of ~1e-2 (docs/ARCHITECTURE.md §2). Everything else is the stock builder.
 
 It also loads the checkpoint zero-copy: every weight is a view of the memory-mapped safetensors
 file, not a private copy, so the builder's footprint is page cache the kernel can drop instead of

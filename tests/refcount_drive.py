@@ -6,7 +6,7 @@ A Qt binding that drops a reference on every void- or bool-returning call (PySid
 before a user would see the window die. Run as a child process by tests/test_refcounts.py, so an
 abort fails that test instead of the whole run.
 
-    python -m tests.refcount_drive DATA_DIR
+    python -m tests.refcount_drive DATA_DIR [ROUNDS]
 """
 
 from __future__ import annotations
@@ -69,7 +69,7 @@ def _emit_from_thread(count: int, emit: object, make: object) -> threading.Threa
     return thread
 
 
-def drive(data_dir: Path) -> dict[str, object]:
+def drive(data_dir: Path, rounds: int = 120) -> dict[str, object]:
     app = QApplication.instance() or QApplication([])
     window, controller = create_window(data_dir)
     window.show()
@@ -101,7 +101,7 @@ def drive(data_dir: Path) -> dict[str, object]:
     one_round(0)  # warm caches (fonts, style) before measuring
     app.processEvents()
     before = (sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False))
-    for round_ in range(1, 121):
+    for round_ in range(1, rounds + 1):
         updates += one_round(round_)
     # Cross-thread signal emits (the indexer's progress and the answer stream), as the app does.
     progress = _emit_from_thread(
@@ -131,4 +131,4 @@ def drive(data_dir: Path) -> dict[str, object]:
 
 
 if __name__ == "__main__":
-    print(json.dumps(drive(Path(sys.argv[1]))))
+    print(json.dumps(drive(Path(sys.argv[1]), int(sys.argv[2]) if len(sys.argv) > 2 else 120)))

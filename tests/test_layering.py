@@ -1,4 +1,4 @@
-"""The runtime must not need torch, transformers or Qt (DESIGN.md §1 layering rule)."""
+"""The runtime must not need torch, transformers or Qt (docs/ARCHITECTURE.md §1)."""
 
 from __future__ import annotations
 

@@ -167,3 +167,15 @@ def test_new_store_has_the_schema_and_wal(tmp_path) -> None:
     assert store._query("PRAGMA journal_mode")[0][0] == "wal"
     assert store.integrity_check() == "ok"
     store.close()
+
+
+def test_repeated_kill_9_never_corrupts_or_re_encodes(fp32_bundle, tmp_path, report) -> None:
+    """benchmarks/kill_stress.py with three kills (the committed run has 100): after each, the
+    database is intact; no stored memory is encoded again; the finished library equals one made
+    without kills, memory for memory."""
+    from benchmarks.kill_stress import stress
+
+    result = stress(fp32_bundle, kills=3, work=tmp_path, copies=1)
+    report(f"kill -9 stress: {result['kills']} kills in {result['cycles']} cycle(s), {result['kill_points']}")
+    assert result["kills"] == 3
+    assert result["failures"] == []

@@ -2,7 +2,7 @@
 
 Each chunk keeps its character span in the extracted text and its page, for citations. Chunks
 never cross a page, so a citation's page is exact. The model was trained on contexts under ~650
-tokens (docs/ARCHITECTURE.md, "The model"); the default of 384 tokens keeps every memory well
+tokens (docs/ARCHITECTURE.md §2); the default of 384 tokens keeps every memory well
 inside that.
 
 Work is linear in the length of the text, whatever the text looks like: every span is counted
