@@ -72,6 +72,26 @@ def run_self_test(bundle: Path, write: Callable[[str], None] = print, window: bo
         loaded_modules = (charset_normalizer, docx, pathspec, pypdf, watchdog.observers, snapshot_download, extract)
         return f"{len(loaded_modules)} modules: PDF, DOCX, encodings, ignore files, folder watching, hub download"
 
+    def read_in_child() -> str:
+        from app.library.extractor import Extractor
+        from inference.bundle import load_manifest
+
+        with tempfile.TemporaryDirectory(prefix="dolphin-desk-self-test-") as folder:
+            text = Path(folder) / "notes.txt"
+            text.write_text(CONTEXT, encoding="utf-8")
+            pdf = Path(folder) / "page.pdf"
+            pdf.write_bytes(_one_page_pdf(CONTEXT))
+            extractor = Extractor(load_manifest(bundle).path("tokenizer"), timeout_s=60)
+            try:
+                results = [extractor.extract(path) for path in (text, pdf)]
+            finally:
+                extractor.close()
+        for result in results:
+            if result.state != "ok" or not result.chunks:
+                raise RuntimeError(f"the extraction child failed: {result.state}: {result.reason}")
+        pages = results[1].chunks[0].page
+        return f"text and PDF (page {pages}) read and chunked in a child process"
+
     def no_conversion_packages() -> str:
         loaded_names = [name for name in CONVERSION_ONLY if name in sys.modules]
         if loaded_names:
@@ -84,6 +104,7 @@ def run_self_test(bundle: Path, write: Callable[[str], None] = print, window: bo
     if "memory" in loaded:
         step("answer a question", answer)
     step("document readers and downloader", readers_and_downloader)
+    step("read documents in the extraction child", read_in_child)
     if window:
         step("open the main window", lambda: open_window(bundle))
     step("runtime imports", no_conversion_packages)
@@ -96,6 +117,29 @@ def open_window(bundle: Path) -> str:
 
     with tempfile.TemporaryDirectory(prefix="dolphin-desk-self-test-") as data_dir:
         return open_main_window(bundle, Path(data_dir))
+
+
+def _one_page_pdf(text: str) -> bytes:
+    """A minimal valid PDF with one line of text (Helvetica), without any PDF-writing package."""
+    escaped = text.replace("\\", "\\\\").replace("(", "\\(").replace(")", "\\)")
+    content = f"BT /F1 11 Tf 40 760 Td ({escaped}) Tj ET"
+    objects = [
+        "<< /Type /Catalog /Pages 2 0 R >>",
+        "<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        "<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Resources << /Font << /F1 4 0 R >> >> "
+        "/Contents 5 0 R >>",
+        "<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+        f"<< /Length {len(content)} >>\nstream\n{content}\nendstream",
+    ]
+    data = b"%PDF-1.4\n"
+    offsets = []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(data))
+        data += f"{number} 0 obj\n{body}\nendobj\n".encode("latin-1")
+    xref = len(data)
+    data += f"xref\n0 {len(objects) + 1}\n0000000000 65535 f \n".encode()
+    data += b"".join(f"{offset:010d} 00000 n \n".encode() for offset in offsets)
+    return data + f"trailer\n<< /Size {len(objects) + 1} /Root 1 0 R >>\nstartxref\n{xref}\n%%EOF\n".encode()
 
 
 def is_frozen() -> bool:

@@ -6,9 +6,9 @@ aborted an idle window after 12 minutes). The window runs in a child process exa
 `dolphin-desk` starts it (log file, exception hooks, crash dialog), driven through a scenario that
 repeats for the whole duration:
 
-  add a folder of real text -> ask questions while it indexes -> idle -> edit, add and delete
-  files (watcher events) -> a burst of questions -> every other round, remove the folder and add
-  it again (the whole tree rebuilt)
+  a new chat -> add a folder of real text -> ask questions while it indexes -> idle -> edit, add
+  and delete files (watcher events) -> a burst of questions -> every other round, remove the
+  folder and add it again (the whole tree rebuilt)
 
 Every 10 s the child reports RSS, open file descriptors, threads, the reference counts of None /
 True / False, and the longest event-loop stall. The parent writes the samples and a verdict: the
@@ -145,6 +145,9 @@ def child(bundle: Path, minutes: float, work: Path) -> int:
             return
         counters["rounds"] += 1
         round_ = counters["rounds"]
+        # A new chat each round, as a user starts one per topic: memory that grows with one
+        # conversation's length is content, not a leak, and would hide one.
+        window.new_conversation()
         if round_ == 1 or round_ % 2 == 0:
             controller.add_folder(str(folder))
         plan = [(5, ask), (20, ask), (35, ask), (110, edit_files), (140, ask), (150, ask), (160, ask), (170, ask)]
