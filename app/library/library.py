@@ -256,6 +256,8 @@ class Library:
         self._stopping.set()
         if self.watcher is not None:
             self.watcher.stop()
+        if self._reconciler is not None:
+            self._reconciler.join(30)
         self.indexer.stop()
         self.store.close()
 
