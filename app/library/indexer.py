@@ -106,7 +106,11 @@ class Indexer:
     def start(self) -> None:
         """Start the thread; also after it died (the failure is then forgotten)."""
         if self._thread is not None and self._thread.is_alive():
-            return
+            if self.failure is None:
+                return
+            # Dying: `on_failure` (which may call this) runs on the dying thread's way out.
+            if threading.current_thread() is not self._thread:
+                self._thread.join(10)
         if self._stop.is_set():
             return
         self.failure = None

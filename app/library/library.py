@@ -380,5 +380,5 @@ def library_status(store: Store) -> dict[str, object]:
         "counts": store.count_states(),
         "memories": store.memory_stats(),
         "indexer": {"state": "stopped", "reason": stopped} if stopped else {"state": "running"},
-        "problems": problems_of(LIBRARY_WIDE),
+        "problems": [p for p in problems_of(LIBRARY_WIDE) if p["source"] != "indexer"],
     }

@@ -209,9 +209,13 @@ class FoldersPanel(QWidget):
             item.setData(0, Qt.ItemDataRole.UserRole, folder["path"])
             self.tree.addTopLevelItem(item)
             for problem in folder.get("problems", []):
-                subject = f"{problem['subject']}: " if problem["subject"] else ""
-                row = QTreeWidgetItem([f"⚠ {problem['source']}", "", f"{subject}{problem['message']}"])
-                row.setToolTip(2, f"{subject}{problem['message']}")
+                subject = problem["subject"]
+                if subject.startswith(folder["path"] + os.sep):
+                    subject = os.path.relpath(subject, folder["path"])
+                text = f"{subject}: {problem['message']}" if subject else problem["message"]
+                row = QTreeWidgetItem([f"⚠ {problem['source']}", "", text])
+                row.setToolTip(0, problem["subject"] or folder["path"])
+                row.setToolTip(2, text)
                 row.setForeground(2, QColor(STATE_COLOURS["failed"]))
                 item.addChild(row)
             for document in documents_by_folder[folder["path"]]:
