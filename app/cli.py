@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app import __version__
+from inference.bundle import PROVIDERS
 from onnx_export import cli as convert_cli
 
 EXIT_ERROR = 1
@@ -25,6 +26,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from app.download import DownloadError
     from app.library.library import LibraryError
     from app.library.store import StoreError
+    from app.settings import SettingsError
     from inference.bundle import BundleError
     from inference.errors import InputError
 
@@ -36,6 +38,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         LibraryError,
         StoreError,
         DownloadError,
+        SettingsError,
     ]
     try:
         from onnx_export.checkpoint import CheckpointError
@@ -85,7 +88,7 @@ def _read_context(path: Path) -> str:
 def _load_model(args: argparse.Namespace):  # noqa: ANN202 - DolphinModel, imported lazily
     from inference import DolphinModel
 
-    return DolphinModel.load(args.bundle, provider=args.provider, threads=args.threads)
+    return DolphinModel.load(args.bundle, provider=args.provider or "auto", threads=args.threads)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
@@ -109,13 +112,44 @@ def _data_dir(args: argparse.Namespace) -> Path:
     return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
 
 
+def _settings(args: argparse.Namespace):  # noqa: ANN202 - Settings, imported lazily
+    """The saved settings of the data folder, with this command's flags over them (a flag
+    that was not given leaves the saved value); checked against the settings schema."""
+    import dataclasses
+
+    from app.settings import SettingsError, load_settings
+
+    settings, _ = load_settings(_data_dir(args))
+    overrides = {
+        name: getattr(args, name)
+        for name in ("top_k", "chunk_tokens", "max_new_tokens", "temperature", "top_p", "provider", "threads")
+        if getattr(args, name, None) is not None
+    }
+    if getattr(args, "greedy", False):
+        overrides["greedy"] = True
+    settings = dataclasses.replace(settings, **overrides)
+    try:
+        settings.validate()
+    except SettingsError as exc:
+        raise SettingsError(f"{exc} (flag or saved setting)") from None
+    return settings
+
+
 def _open_library(args: argparse.Namespace, on_progress: Callable | None = None):  # noqa: ANN202
     from app.library.library import Library
     from app.logs import setup_logging
 
     data_dir = _data_dir(args)
+    settings = _settings(args)
     setup_logging(data_dir)
-    return Library(data_dir, _load_model(args), chunk_tokens=args.chunk_tokens, on_progress=on_progress)
+    return Library(
+        data_dir,
+        _load_model(args),
+        chunk_tokens=settings.chunk_tokens,
+        on_progress=on_progress,
+        include=settings.include_patterns,
+        exclude=settings.exclude_patterns,
+    )
 
 
 class _ProgressLine:
@@ -220,11 +254,12 @@ def cmd_status(args: argparse.Namespace) -> int:
 def _generation_settings(args: argparse.Namespace):  # noqa: ANN202 - GenerationSettings, imported lazily
     from inference import GenerationSettings
 
+    settings = _settings(args)
     return GenerationSettings(
-        max_new_tokens=args.max_new_tokens,
-        greedy=args.greedy,
-        temperature=args.temperature,
-        top_p=args.top_p,
+        max_new_tokens=settings.max_new_tokens,
+        greedy=settings.greedy,
+        temperature=settings.temperature,
+        top_p=settings.top_p,
         seed=args.seed,
     )
 
@@ -233,7 +268,7 @@ def cmd_ask_library(args: argparse.Namespace) -> int:
     library = _open_library(args)
     try:
         settings = _generation_settings(args)
-        answer = library.ask(args.question, k=args.top_k, settings=settings)
+        answer = library.ask(args.question, k=_settings(args).top_k, settings=settings)
         if not args.json:
             for note in answer.notes:
                 print(f"dolphin-desk: note: {note}", file=sys.stderr)
@@ -319,9 +354,17 @@ def cmd_ask(args: argparse.Namespace) -> int:
     return 0
 
 
+def _default_help(name: str) -> str:
+    from app.settings import spec
+
+    setting = spec(name)
+    limits = f", {setting.minimum:g} to {setting.maximum:g}" if setting.minimum is not None else ""
+    return f"default: the saved setting, else {setting.default}{limits}"
+
+
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--bundle", type=Path, required=True, help="the model bundle folder")
-    parser.add_argument("--provider", choices=["auto", "cpu", "dml", "cuda"], default="auto")
+    parser.add_argument("--provider", choices=PROVIDERS, help="default: auto (the bundle's own)")
     parser.add_argument("--threads", type=int, help="default: every core")
 
 
@@ -363,16 +406,16 @@ def build_parser() -> argparse.ArgumentParser:
     ask.add_argument("--context-file", type=Path, action="append", default=[], help="repeat for several memories")
     ask.add_argument("--question", required=True)
     ask.add_argument("--greedy", action="store_true", help="greedy decoding, as the reference does")
-    ask.add_argument("--temperature", type=float, default=0.7)
-    ask.add_argument("--top-p", type=float, default=0.9)
+    ask.add_argument("--temperature", type=float, help=_default_help("temperature"))
+    ask.add_argument("--top-p", type=float, help=_default_help("top_p"))
     ask.add_argument("--seed", type=int)
-    ask.add_argument("--max-new-tokens", type=int, default=256)
+    ask.add_argument("--max-new-tokens", type=int, help=_default_help("max_new_tokens"))
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     ask.add_argument(
         "--data-dir", help="answer over the library in this data folder (the default without --context-file)"
     )
-    ask.add_argument("--top-k", type=int, default=3, help="memories per answer, from the library")
-    ask.add_argument("--chunk-tokens", type=int, default=384)
+    ask.add_argument("--top-k", type=int, help="memories per answer, from the library; " + _default_help("top_k"))
+    ask.add_argument("--chunk-tokens", type=int, help=_default_help("chunk_tokens"))
     ask.set_defaults(handler=cmd_ask)
 
     for name, handler, text in (
@@ -383,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
         _add_model_options(command)
         command.add_argument("folders", nargs="*" if name == "watch" else "+", type=Path)
         command.add_argument("--data-dir", help="default: the platform's per-user data folder")
-        command.add_argument("--chunk-tokens", type=int, default=384, help="tokens per memory (default 384)")
+        command.add_argument("--chunk-tokens", type=int, help="tokens per memory; " + _default_help("chunk_tokens"))
         command.set_defaults(handler=handler)
 
     download = commands.add_parser("download", help="download a Dolphin checkpoint from the Hugging Face hub")

@@ -69,7 +69,6 @@ def main() -> None:
     window.ask("How long was Jonah inside the great fish?")
     wait_until(lambda: window.worker is None)
     window.folders.tree.expandAll()
-    controller.refresh_status()
     wait_until(lambda: False, timeout_s=1.5)
     window.grab().save(str(args.out))
     print(args.out)

@@ -23,6 +23,8 @@ from typing import Any
 
 FORMAT_VERSION = 1
 MANIFEST_NAME = "manifest.json"
+# Execution providers a bundle or a setting can name ("auto": the bundle's own, if present).
+PROVIDERS = ("auto", "cpu", "cuda", "dml")
 
 
 class BundleError(Exception):

@@ -23,40 +23,36 @@ from PySide6 import __version__ as pyside_version
 from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QApplication
 
-from app.library.indexer import IndexProgress
+from app.library.events import DocumentsChanged, FolderInfo, IndexProgress, ProblemsChanged, Snapshot
+from app.library.states import DocumentState
+from app.library.store import Document, Problem
 from app.ui.main import create_window
 
-STATES = ("ready", "pending", "indexing", "failed", "skipped")
+STATES = tuple(DocumentState)
 
 
 class _Pieces(QObject):
     piece = Signal(str)
 
 
-def _status(round_: int, root: Path) -> dict:
-    """Two folders of 25 documents whose states change every round (so the tree is redrawn)."""
-    folders, documents = [], []
+def _documents(round_: int, root: Path) -> list[Document]:
+    """Two folders of 25 documents whose states change every round (so every row is redrawn)."""
+    documents = []
     for f in range(2):
-        folder = root / f"folder-{f}"
-        counts: dict[str, int] = {}
         for d in range(25):
             state = STATES[(round_ + d) % len(STATES)]
-            counts[state] = counts.get(state, 0) + 1
-            documents.append(
-                {
-                    "path": str(folder / f"doc-{d:02}.txt"),
-                    "state": state,
-                    "chunks": d,
-                    "indexed_at": 1.7e9 + round_,
-                    "error": "cannot parse" if state in ("failed", "skipped") else None,
-                    "note": None,
-                }
-            )
-        problems = [{"source": "watcher", "subject": "", "message": f"round {round_}", "at": 0.0}] if f else []
-        folders.append(
-            {"path": str(folder), "missing": False, "counts": counts, "documents": 25, "problems": problems}
-        )
-    return {"folders": folders, "documents": documents, "problems": [], "indexer": {"state": "running"}}
+            error = "cannot parse" if state.has_reason else None
+            path = root / f"folder-{f}" / f"doc-{d:02}.txt"
+            documents.append(Document(f * 25 + d + 1, f + 1, path, 10, 1.0, "h", state, error, d, 1.7e9 + round_))
+    return documents
+
+
+def _folders(root: Path) -> tuple[FolderInfo, ...]:
+    return tuple(FolderInfo(f + 1, root / f"folder-{f}", False, None, None) for f in range(2))
+
+
+def _problems(round_: int) -> tuple[Problem, ...]:
+    return (Problem(2, "watcher", "", f"round {round_}", 0.0),)
 
 
 def _emit_from_thread(count: int, emit: object, make: object) -> threading.Thread:
@@ -78,12 +74,19 @@ def drive(data_dir: Path, rounds: int = 120) -> dict[str, object]:
     stats = {"first_token_s": 0.4, "decode_tokens_per_s": 20.0, "memory_count": 3, "text_tokens_replaced": 900}
     updates = 0
 
+    def settle() -> None:
+        while controller.pump.pending:
+            app.processEvents()
+        app.processEvents()
+
     def one_round(round_: int) -> int:
-        """One redraw of the folder tree, progress, status bar, model label and one streamed answer."""
+        """Every document row and a problem row changed, progress, status bar, model label, and
+        one streamed answer."""
         done = 0
-        status = _status(round_, data_dir)
-        window.folders.show_status(status)
-        done += len(status["documents"]) + len(status["folders"])
+        controller.pump.post(DocumentsChanged(tuple(_documents(round_, data_dir))))
+        controller.pump.post(ProblemsChanged(_problems(round_)))
+        settle()
+        done += 50 + 1
         for step in range(10):
             window._on_progress(IndexProgress("indexing", step, 50, step, 10, "/books/a.txt", 1.5, step, 0))
             done += 1
@@ -98,6 +101,10 @@ def drive(data_dir: Path, rounds: int = 120) -> dict[str, object]:
         app.processEvents()
         return done + 3
 
+    controller.pump.expect_snapshot()
+    progress = IndexProgress("idle", 50, 50, 0, 0, None, 0.0, 0, 0)
+    controller.pump.post(Snapshot(_folders(data_dir), tuple(_documents(0, data_dir)), _problems(0), progress))
+    settle()
     one_round(0)  # warm caches (fonts, style) before measuring
     app.processEvents()
     before = (sys.getrefcount(None), sys.getrefcount(True), sys.getrefcount(False))

@@ -7,6 +7,7 @@ import shutil
 import threading
 from pathlib import Path
 
+from app.library.events import IndexProgress
 from tests.conftest import ROOT, run_cli, wait_for
 
 KJV = ROOT / "benchmarks" / "data" / "kjv"
@@ -108,7 +109,7 @@ def test_changed_files_are_indexed_before_the_backlog(make_library, tmp_path) ->
         if progress.state == "idle" and order:
             done.set()
 
-    library.indexer._on_progress = record
+    library.subscribe(lambda event: record(event) if isinstance(event, IndexProgress) else None)
     library.indexer.pause()
     library.start(watch=True)
     library.add_folder(folder)

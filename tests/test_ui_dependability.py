@@ -22,17 +22,17 @@ def test_a_dying_indexer_is_shown_and_restarted(qtbot, open_window, fp32_bundle,
     wait_ready(qtbot, controller)
     index_folder(qtbot, window, controller, folder)
     library = controller.library
-    real = library.store.collect_garbage
+    real = library.store.next_pending
     calls = {"n": 0}
 
-    def broken_once() -> int:
+    def broken_once(*args, **kwargs):
         calls["n"] += 1
         if calls["n"] == 1:
             raise RuntimeError("simulated bug in the indexer loop")
-        return real()
+        return real(*args, **kwargs)
 
-    library.store.collect_garbage = broken_once
-    with qtbot.waitSignal(controller.indexer_failed, timeout=20000):
+    library.store.next_pending = broken_once
+    with qtbot.waitSignal(controller.pump.indexer_stopped, timeout=20000):
         library.indexer.wake()
     qtbot.waitUntil(lambda: "stopped unexpectedly" in window.chat.banner.text(), timeout=10000)
     assert "RuntimeError: simulated bug" in window.chat.banner.text()
@@ -93,8 +93,7 @@ def test_folder_problems_show_in_the_panel(qtbot, open_window, fp32_bundle, tmp_
     index_folder(qtbot, window, controller, folder)
 
     def rows() -> list[tuple[str, str]]:
-        item = window.folders.tree.topLevelItem(0)
-        return [(item.child(i).text(0), item.child(i).text(2)) for i in range(item.childCount())]
+        return list(window.folders.document_rows(0).items())
 
     qtbot.waitUntil(lambda: any(name.startswith("⚠ gitignore") for name, _ in rows()), timeout=10000)
     problem = next(text for name, text in rows() if name.startswith("⚠"))

@@ -1,4 +1,11 @@
-"""The background indexer: one thread, one document at a time, highest priority first.
+"""The library's one writer: a thread that runs commands and indexes documents.
+
+Every change to the library database is made here (docs/ARCHITECTURE.md §5): other threads
+submit commands (add a folder, apply a scan, forget a file, record a problem) and get a Future;
+between commands the thread indexes the most urgent pending document. Because one thread makes
+every change, it also knows every change: it keeps the document counts in memory and pushes
+each change to listeners as an event (app/library/events.py), in commit order. Nothing polls.
+When there is nothing to do, the thread blocks on its queue and the database is not touched.
 
 Per document: stat -> size limit -> wait until the file has settled -> hash -> extract and chunk
 (child process) -> encode only chunks whose memory is not stored yet -> one commit. Memories are
@@ -6,26 +13,39 @@ written as soon as they are encoded (they are keyed by content), so `kill -9` lo
 chunk in flight, and a restart re-encodes nothing already stored.
 
 Whatever goes wrong with one document ends that document as `failed` with a reason, and the
-indexer goes on with the next. If the thread dies anyway (a bug outside any one document), it
-says so: `failure` holds the reason, waiters are released, the library records it for `status`,
-and `on_failure` lets the owner (the GUI) show it and start a new thread.
+indexer goes on. If the thread dies anyway (a bug outside any one document), it says so:
+`failure` holds the reason, waiters and queued commands are released with an error, the
+problem is recorded for `status`, and listeners get `IndexerStopped` (the GUI starts a new thread).
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import queue
 import threading
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
+from collections import Counter
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future
 from pathlib import Path
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import numpy as np
 
+from app.library.events import (
+    DocumentsChanged,
+    DocumentsRemoved,
+    EventHub,
+    FolderInfo,
+    FoldersChanged,
+    IndexerStopped,
+    IndexProgress,
+    ProblemsChanged,
+)
 from app.library.extractor import Extractor
 from app.library.filters import FolderFilter
+from app.library.states import FINAL_STATES, DocumentState
 from app.library.store import LIBRARY_WIDE, ChunkRecord, Document, Store, StoreError, display_path
 from app.logs import describe_exception
 from inference.bundle import file_digest
@@ -35,8 +55,11 @@ PRIORITY_SCAN = 1
 STABLE_FOR_S = 1.0  # a file whose size and mtime held this long is not being written
 UNSETTLED_RETRY_S = 5.0  # a file still being written is looked at again after this
 UNSETTLED_GIVE_UP_S = 60.0  # ... and read as it is once it has kept changing this long (a live log)
+PROGRESS_EVERY_S = 0.1  # progress events at most ten a second
+STORE_RETRY_S = 5.0  # after a full disk or a locked database
 
 log = logging.getLogger("dolphin.indexer")
+T = TypeVar("T")
 
 
 class EncoderLike(Protocol):
@@ -45,17 +68,19 @@ class EncoderLike(Protocol):
     def encode_states(self, text: str) -> np.ndarray: ...
 
 
-@dataclass
-class IndexProgress:
-    state: str  # indexing | idle | paused | stopped
-    documents_done: int
-    documents_total: int
-    chunks_done: int
-    chunks_total: int
-    current_file: str | None
-    chunks_per_second: float
-    encoded: int
-    reused: int
+class IndexerStoppedError(Exception):
+    """The writer thread is not running (it died, or the library is closing)."""
+
+
+__all__ = ["PRIORITY_CHANGED", "PRIORITY_SCAN", "IndexProgress", "Indexer", "IndexerStoppedError"]
+
+
+class _Command:
+    __slots__ = ("function", "future")
+
+    def __init__(self, function: Callable[[], Any] | None) -> None:
+        self.function = function
+        self.future: Future[Any] = Future()
 
 
 class Indexer:
@@ -65,140 +90,246 @@ class Indexer:
         encoder: EncoderLike,
         filters: Callable[[int], FolderFilter],
         extractor: Extractor,
-        on_progress: Callable[[IndexProgress], None] | None = None,
-        on_failure: Callable[[str], None] | None = None,
+        hub: EventHub | None = None,
     ) -> None:
         self._store = store
         self._encoder = encoder
         self._filters = filters
-        self._on_progress = on_progress or (lambda progress: None)
-        self._on_failure = on_failure or (lambda reason: None)
         self._extractor = extractor
-        self._wake = threading.Event()
-        self._running = threading.Event()
-        self._running.set()
-        self._answering = threading.Event()
-        self._answering.set()
-        self._stop = threading.Event()
+        self.hub = hub or EventHub()
+        self._queue: queue.Queue[_Command] = queue.Queue()
+        self._queue_lock = threading.Lock()
         self._idle = threading.Event()
-        # Counts wake() calls, so the thread only reports idle if nobody woke it between its last
-        # look at the queue and now; otherwise a scan that queued work just then could see "idle".
-        self._wakes = 0
-        self._wakes_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._paused = False
+        self._answering = 0
+        self._indexing = False
         self._thread: threading.Thread | None = None
+        self._thread_lock = threading.Lock()
         # Files still being written: document id -> when to look again; path -> first seen moving.
         self._retry_at: dict[int, float] = {}
         self._moving_since: dict[Path, float] = {}
         self._given_up: set[int] = set()  # documents whose failure could not even be recorded
+        self._states: dict[Path, DocumentState] = {}
+        self._counts: Counter[DocumentState] = Counter()
+        self._garbage = True  # memories may be unreferenced: collect at the next idle moment
         self.encoded = 0
         self.reused = 0
         self._chunks_done = 0
         self._chunks_total = 0
         self._current: str | None = None
         self._rate_window: list[float] = []
-        self._last_emit = 0.0
-        self._progress_broken = False
+        self._last_progress = 0.0
+        self._progress_state = ""
         self.last_error: str | None = None
         self.failure: str | None = None  # why the thread died, until it is started again
 
-    # control -------------------------------------------------------------------------------
+    # lifecycle -----------------------------------------------------------------------------
 
     def start(self) -> None:
-        """Start the thread; also after it died (the failure is then forgotten)."""
-        if self._thread is not None and self._thread.is_alive():
-            if self.failure is None:
+        """Start the thread (also after it died: the failure is then forgotten). Commands run
+        from now on; documents are indexed once `enable_indexing` was called."""
+        with self._thread_lock:
+            if self._thread is not None and self._thread.is_alive():
+                if self.failure is None:
+                    return
+                # Dying: listeners of IndexerStopped (which may call this) run on its way out.
+                if threading.current_thread() is not self._thread:
+                    self._thread.join(10)
+            if self._stop.is_set():
                 return
-            # Dying: `on_failure` (which may call this) runs on the dying thread's way out.
-            if threading.current_thread() is not self._thread:
-                self._thread.join(10)
-        if self._stop.is_set():
-            return
-        self.failure = None
-        self._idle.clear()
-        self._thread = threading.Thread(target=self._run, name="dolphin-indexer", daemon=True)
-        self._thread.start()
+            self.failure = None
+            self._idle.clear()
+            self._thread = threading.Thread(target=self._run, name="dolphin-indexer", daemon=True)
+            self._thread.start()
+
+    def enable_indexing(self) -> None:
+        self._indexing = True
+        self.start()
+        self.wake()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._put(_Command(None))
+        thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(30)
+        self._fail_queued("the library is closing")
+        self._extractor.close()
 
     @property
     def alive(self) -> bool:
         return self._thread is not None and self._thread.is_alive()
 
-    def stop(self) -> None:
-        self._stop.set()
-        self._wake.set()
-        self._running.set()
-        self._answering.set()
-        if self._thread is not None:
-            self._thread.join(30)
-        self._extractor.close()
+    # commands ------------------------------------------------------------------------------
+
+    def submit(self, function: Callable[[], T]) -> Future[T]:
+        """Run `function` on the writer thread; its result (or exception) comes in the Future."""
+        if self._stop.is_set():
+            raise IndexerStoppedError("the library is closing")
+        if self.failure is not None and not self.alive:
+            raise IndexerStoppedError(f"the indexer stopped: {self.failure}")
+        command = _Command(function)
+        self._put(command)
+        self.start()
+        return command.future
+
+    def run(self, function: Callable[[], T], timeout: float | None = None) -> T:
+        """Run `function` on the writer thread and wait for it (runs inline on that thread)."""
+        if threading.current_thread() is self._thread:
+            return function()
+        return self.submit(function).result(timeout)
+
+    def on_writer_thread(self) -> bool:
+        return threading.current_thread() is self._thread
+
+    def _put(self, command: _Command) -> None:
+        with self._queue_lock:
+            self._idle.clear()
+            self._queue.put(command)
+
+    def wake(self) -> None:
+        self._put(_Command(None))
+
+    def _execute(self, command: _Command) -> None:
+        if command.function is None:
+            command.future.set_result(None)
+            return
+        if not command.future.set_running_or_notify_cancel():
+            return
+        try:
+            command.future.set_result(command.function())
+        except BaseException as exc:  # the caller gets it; the writer goes on
+            command.future.set_exception(exc)
+            if not isinstance(exc, Exception):
+                raise
+
+    def _drain(self) -> None:
+        """Run every queued command (between documents, and between chunks of one)."""
+        while True:
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            self._execute(command)
+
+    def _wait_for_command(self, timeout: float | None) -> None:
+        try:
+            command = self._queue.get(timeout=timeout)
+        except queue.Empty:
+            return
+        self._execute(command)
+
+    def _fail_queued(self, reason: str) -> None:
+        while True:
+            try:
+                command = self._queue.get_nowait()
+            except queue.Empty:
+                return
+            if command.function is None:
+                command.future.set_result(None)
+            elif command.future.set_running_or_notify_cancel():
+                command.future.set_exception(IndexerStoppedError(reason))
+
+    # control -------------------------------------------------------------------------------
 
     def pause(self) -> None:
-        self._running.clear()
-        self._emit("paused")
+        self._paused = True
+        self.wake()
 
     def resume(self) -> None:
-        self._running.set()
-        self._wake.set()
+        self._paused = False
+        self.wake()
 
     @property
     def paused(self) -> bool:
-        return not self._running.is_set()
+        return self._paused
 
     def answering(self) -> _AnsweringGate:
-        """`with indexer.answering():` pauses encoding while a question is answered."""
-        return _AnsweringGate(self._answering)
+        """`with indexer.answering():` holds encoding back while a question is answered."""
+        return _AnsweringGate(self)
 
-    def wake(self) -> None:
-        with self._wakes_lock:
-            self._wakes += 1
-            self._idle.clear()
-        self._wake.set()
+    def _held(self) -> bool:
+        return self._paused or self._answering > 0
 
     def wait_idle(self, timeout: float | None = None) -> bool:
         """True once nothing is left to do, or once the thread has died (see `failure`)."""
         return self._idle.wait(timeout)
 
-    # work ----------------------------------------------------------------------------------
+    # what changed: counts in memory, events out ---------------------------------------------
 
-    def _emit(self, state: str, every_chunk: bool = False) -> None:
-        """Progress for the UI; per-chunk updates at most 10 a second (each one reads the store)."""
+    def note_changed(self, paths: Iterable[Path]) -> list[Document]:
+        """Tell listeners about these documents' rows as committed (writer thread only)."""
+        documents = self._store.documents_at(list(paths))
+        for document in documents:
+            self._count(document.path, document.state)
+        if documents:
+            self.hub.emit(DocumentsChanged(tuple(documents)))
+            self._progress(self._progress_state or "indexing")
+        return documents
+
+    def note_removed(self, paths: Iterable[Path]) -> None:
+        gone = [p for p in paths if p in self._states]
+        for path in gone:
+            self._counts[self._states.pop(path)] -= 1
+        if gone:
+            self._garbage = True
+            self.hub.emit(DocumentsRemoved(tuple(gone)))
+            self._progress(self._progress_state or "indexing")
+
+    def note_folders(self) -> None:
+        self.hub.emit(FoldersChanged(tuple(FolderInfo.of(f) for f in self._store.folders())))
+
+    def note_problems(self) -> None:
+        self.hub.emit(ProblemsChanged(tuple(self._store.problems())))
+
+    def _count(self, path: Path, state: DocumentState) -> None:
+        old = self._states.get(path)
+        if old is not None:
+            self._counts[old] -= 1
+        self._states[path] = state
+        self._counts[state] += 1
+
+    @property
+    def counts(self) -> dict[DocumentState, int]:
+        return {state: self._counts.get(state, 0) for state in DocumentState}
+
+    def progress(self, state: str | None = None) -> IndexProgress:
         now = time.monotonic()
-        if every_chunk and now - self._last_emit < 0.1:
-            return
-        self._last_emit = now
-        counts = self._store.count_states()
-        total = sum(counts.values())
         self._rate_window = [t for t in self._rate_window if now - t < 10]
         span = (now - self._rate_window[0]) if len(self._rate_window) > 1 else 0
         rate = (len(self._rate_window) - 1) / span if span > 0 else 0.0
-        progress = IndexProgress(
-            state,
-            counts["ready"] + counts["failed"] + counts["skipped"],
-            total,
+        counts = self.counts
+        return IndexProgress(
+            state or self._progress_state or "idle",
+            sum(counts[s] for s in FINAL_STATES),
+            sum(counts.values()),
             self._chunks_done,
             self._chunks_total,
             self._current,
             rate,
             self.encoded,
             self.reused,
+            counts,
         )
-        try:
-            self._on_progress(progress)
-        except Exception:  # whoever listens must not stop the indexing
-            if not self._progress_broken:
-                log.exception("the progress listener failed (logged once)")
-            self._progress_broken = True
 
-    def _gate(self) -> bool:
-        """Block while paused or while answering; False when stopping."""
-        while not self._stop.is_set():
-            if self._running.is_set() and self._answering.is_set():
-                return True
-            self._answering.wait(0.1) if self._running.is_set() else self._running.wait(0.1)
-        return False
+    def _progress(self, state: str, every_chunk: bool = False) -> None:
+        """A progress event; per-chunk ones at most ten a second."""
+        now = time.monotonic()
+        if every_chunk and now - self._last_progress < PROGRESS_EVERY_S and state == self._progress_state:
+            return
+        self._last_progress = now
+        self._progress_state = state
+        self.hub.emit(self.progress(state))
+
+    # the thread ----------------------------------------------------------------------------
 
     def _run(self) -> None:
         try:
-            self._store.clear_problems(LIBRARY_WIDE, "indexer")
+            self._load_states()
+            if any(p.source == "indexer" for p in self._store.problems()):
+                self._store.clear_problems(LIBRARY_WIDE, "indexer")  # this start replaces that record
+                self.note_problems()
             self._loop()
         except BaseException as exc:  # the thread is dying: say so, never silently
             self.failure = describe_exception(exc)
@@ -207,11 +338,13 @@ class Indexer:
                 self._store.set_problem(LIBRARY_WIDE, "indexer", "", f"the indexer stopped: {self.failure}")
             except Exception:  # the database may be what failed; the log has it
                 log.exception("could not record that the indexer stopped")
+            self._fail_queued(f"the indexer stopped: {self.failure}")
             self._idle.set()
-            try:
-                self._on_failure(self.failure)
-            except Exception:  # nothing left to tell; the log has it
-                log.exception("the failure listener failed")
+            self.hub.emit(IndexerStopped(self.failure))
+
+    def _load_states(self) -> None:
+        self._states = {d.path: d.state for d in self._store.documents()}
+        self._counts = Counter(self._states.values())
 
     def _next_document(self) -> Document | None:
         now = time.monotonic()
@@ -224,28 +357,47 @@ class Indexer:
             return None
 
     def _loop(self) -> None:
-        while not self._stop.is_set():
-            if not self._gate():
+        while True:
+            self._drain()
+            if self._stop.is_set():
                 return
-            with self._wakes_lock:
-                wakes_seen = self._wakes
+            if not self._indexing or self._held():
+                if self._indexing and self._paused and self._progress_state != "paused":
+                    self._progress("paused")
+                self._wait_for_command(None)  # held is not idle: work may be waiting
+                continue
             document = self._next_document()
             if document is None:
                 self._current = None
                 if self._retry_at:  # only files still being written are left: not idle yet
-                    self._wake.wait(max(0.05, min(self._retry_at.values()) - time.monotonic()))
-                    self._wake.clear()
+                    self._wait_for_command(max(0.05, min(self._retry_at.values()) - time.monotonic()))
                     continue
                 self._collect_garbage()
-                self._emit("idle")
-                with self._wakes_lock:
-                    if self._wakes == wakes_seen:
-                        self._idle.set()
-                self._wake.wait(1.0)
-                self._wake.clear()
+                self._chunks_done = self._chunks_total = 0
+                if self._progress_state != "idle":
+                    self._progress("idle")
+                self._go_idle_or_wait(None)
                 continue
             self._idle.clear()
             self._index_one(document)
+
+    def _go_idle_or_wait(self, timeout: float | None) -> None:
+        """Say idle (if nothing was queued meanwhile), then block until a command comes."""
+        with self._queue_lock:
+            if self._queue.empty():
+                self._idle.set()
+        self._wait_for_command(timeout)
+
+    def _collect_garbage(self) -> None:
+        if not self._garbage:
+            return  # nothing was removed or replaced since the last collection: no write at all
+        try:
+            removed = self._store.collect_garbage()
+            self._garbage = False
+            if removed:
+                log.info("released %d memories no document uses", removed)
+        except StoreError as exc:
+            self.last_error = str(exc)
 
     def _index_one(self, document: Document) -> None:
         """Index one document; whatever fails ends it as failed, not the indexer."""
@@ -259,8 +411,8 @@ class Indexer:
                 return
             self.last_error = str(exc)
             log.error("library database: %s", exc)
-            self._emit("error")
-            self._stop.wait(5.0)  # a full disk may be freed; try again, never spin
+            self._progress("error")
+            self._wait_for_command(STORE_RETRY_S)  # a full disk may be freed; try again, never spin
         except Exception as exc:  # noqa: BLE001 - one document's problem must not stop the others
             self._fail(document, f"could not be indexed: {describe_exception(exc)}", exc)
         finally:
@@ -271,17 +423,14 @@ class Indexer:
     def _fail(self, document: Document, reason: str, exc: BaseException) -> None:
         log.error("%s: %s", display_path(document.path), reason, exc_info=exc)
         try:
-            self._store.set_state(document.path, "failed", reason)
+            self._set_state(document.path, DocumentState.FAILED, reason)
         except StoreError as store_exc:
             log.error("%s: the failure could not be recorded either: %s", display_path(document.path), store_exc)
             self._given_up.add(document.id)  # until the next start: never the same failure in a loop
-        self._emit("indexing")
 
-    def _collect_garbage(self) -> None:
-        try:
-            self._store.collect_garbage()
-        except StoreError as exc:
-            self.last_error = str(exc)
+    def _set_state(self, path: Path, state: DocumentState, reason: str | None = None, **facts: Any) -> None:
+        self._store.set_state(path, state, reason, **facts)
+        self.note_changed([path])
 
     def _settled(self, path: Path) -> tuple[int, float] | None:
         """(size, mtime) once the file is not being written, else None.
@@ -302,24 +451,24 @@ class Indexer:
     def _index(self, document: Document) -> None:
         path = document.path
         self._current = str(path)
-        self._chunks_done = self._chunks_total = 0
         folder_filter = self._filters(document.folder_id)
         stat: os.stat_result | None = None
         note: list[str] = []
         try:
             if not os.path.lexists(path):
                 self._store.remove_documents([path])
+                self.note_removed([path])
                 return
             stat = path.stat()
             if not path.is_file():
-                self._store.set_state(path, "skipped", "not a regular file")
+                self._set_state(path, DocumentState.SKIPPED, "not a regular file")
                 return
             if path.is_symlink() and not _inside(path.resolve(), folder_filter.root.resolve()):
-                self._store.set_state(path, "skipped", "a link to a file outside this folder")
+                self._set_state(path, DocumentState.SKIPPED, "a link to a file outside this folder")
                 return
             reason = folder_filter.too_large(stat.st_size)
             if reason:
-                self._store.set_state(path, "skipped", reason, size=stat.st_size, mtime=stat.st_mtime)
+                self._set_state(path, DocumentState.SKIPPED, reason, size=stat.st_size, mtime=stat.st_mtime)
                 return
             settled = self._settled(path)
             if settled is None:
@@ -337,6 +486,7 @@ class Indexer:
             content_hash = file_digest(path)
         except FileNotFoundError:
             self._store.remove_documents([path])
+            self.note_removed([path])
             return
         except OSError as exc:
             if isinstance(exc, PermissionError):
@@ -346,25 +496,30 @@ class Indexer:
             else:
                 reason = f"cannot read: {exc.strerror or exc}"
             facts = {"size": stat.st_size, "mtime": stat.st_mtime} if stat else {}
-            self._store.set_state(path, "failed", reason, **facts)
+            self._set_state(path, DocumentState.FAILED, reason, **facts)
             return
-        if document.content_hash == content_hash and document.state in ("ready", "indexing") and document.chunk_count:
-            self._store.set_state(path, "ready", size=size, mtime=mtime, note=document.note)
+        chunker = self.chunker
+        unchanged = document.content_hash == content_hash and document.chunk_count and document.chunker == chunker
+        if unchanged and document.state in (DocumentState.READY, DocumentState.INDEXING, DocumentState.PENDING):
+            self._set_state(path, DocumentState.READY, size=size, mtime=mtime, note=document.note)
             return
-        self._store.set_state(path, "indexing")
-        self._emit("indexing")
+        self._set_state(path, DocumentState.INDEXING)
         result = self._extractor.extract(path)
         if result.state != "ok":
             log.info("%s: %s: %s", display_path(path), result.state, result.reason)
-            self._store.set_state(path, result.state, result.reason, size=size, mtime=mtime, content_hash=content_hash)
-            self._emit("indexing")
+            state = DocumentState(result.state)
+            self._set_state(path, state, result.reason, size=size, mtime=mtime, content_hash=content_hash)
             return
         chunks = result.chunks
-        self._chunks_total = len(chunks)
+        self._chunks_total += len(chunks)
         identity = self._encoder.encoder_identity
         encoded = 0
         for chunk in chunks:
-            if not self._gate():
+            self._drain()
+            while self._held() and not self._stop.is_set():
+                self._progress("paused" if self._paused else "indexing")
+                self._wait_for_command(None)
+            if self._stop.is_set():
                 return
             if self._store.has_memory(chunk.text_hash, identity):
                 self.reused += 1
@@ -374,17 +529,23 @@ class Indexer:
                 log.debug("encoded %s", chunk.text_hash)
                 self.encoded += 1
                 encoded += 1
+                self._rate_window.append(time.monotonic())
             self._chunks_done += 1
-            self._rate_window.append(time.monotonic())
-            self._emit("indexing", every_chunk=True)
+            self._progress("indexing", every_chunk=True)
         records = [
             ChunkRecord(i, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash)
             for i, c in enumerate(chunks)
         ]
         notes = "; ".join([*result.notes, *note]) or None
-        self._store.replace_chunks(path, records, size, mtime, content_hash, note=notes)
+        self._store.replace_chunks(path, records, size, mtime, content_hash, note=notes, chunker=chunker)
+        self._garbage = True
         log.info("%s: ready, %d chunks (%d encoded)", display_path(path), len(chunks), encoded)
-        self._emit("indexing")
+        self.note_changed([path])
+
+    @property
+    def chunker(self) -> str:
+        """What chunks are made with: chunk size and encoder (documents made otherwise re-chunk)."""
+        return f"{self._extractor.chunk_tokens}@{self._encoder.encoder_identity}"
 
 
 def _inside(path: Path, root: Path) -> bool:
@@ -392,11 +553,16 @@ def _inside(path: Path, root: Path) -> bool:
 
 
 class _AnsweringGate:
-    def __init__(self, event: threading.Event) -> None:
-        self._event = event
+    _lock = threading.Lock()
+
+    def __init__(self, indexer: Indexer) -> None:
+        self._indexer = indexer
 
     def __enter__(self) -> None:
-        self._event.clear()
+        with self._lock:
+            self._indexer._answering += 1
 
     def __exit__(self, *_: object) -> None:
-        self._event.set()
+        with self._lock:
+            self._indexer._answering -= 1
+        self._indexer.wake()

@@ -13,6 +13,7 @@ import os
 import sqlite3
 import threading
 import time
+import weakref
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -20,10 +21,11 @@ from pathlib import Path
 
 import numpy as np
 
-SCHEMA_VERSION = 3
+from app.library.states import DocumentState
+
+SCHEMA_VERSION = 4
 DB_NAME = "library.sqlite3"
 
-STATES = ("pending", "indexing", "ready", "failed", "skipped")
 
 _MIGRATIONS: dict[int, str] = {
     1: """
@@ -100,6 +102,14 @@ _MIGRATIONS: dict[int, str] = {
         PRIMARY KEY (folder_id, source, subject)
     );
     """,
+    # 4: the chunker each document's chunks were made with (chunk size and encoder), so a
+    # changed chunk size or bundle re-chunks exactly the documents made otherwise; and folders
+    # follow the app's include/exclude settings unless given their own (until now every folder
+    # kept a copy of the settings of the day it was added, so later edits never reached it).
+    4: """
+    ALTER TABLE documents ADD COLUMN chunker TEXT;
+    UPDATE folders SET include_patterns = NULL, exclude_patterns = NULL;
+    """,
 }
 
 LIBRARY_WIDE = 0  # problems.folder_id of a problem that belongs to no one folder
@@ -168,11 +178,12 @@ class Document:
     size: int | None
     mtime: float | None
     content_hash: str | None
-    state: str
+    state: DocumentState
     error: str | None
     chunk_count: int
     indexed_at: float | None = None
     note: str | None = None
+    chunker: str | None = None
 
 
 @dataclass(frozen=True)
@@ -224,81 +235,140 @@ def store_error(exc: sqlite3.Error, db_file: Path) -> StoreError:
     return StoreError(describe_sqlite_error(exc, db_file), environmental=not data_problem)
 
 
+class _Connection:
+    """A thread's connection; when the thread ends, its thread-local holder goes, and with it the
+    connection (sqlite3 connections cannot be weakly referenced themselves)."""
+
+    __slots__ = ("__weakref__", "db")
+
+    def __init__(self, db: sqlite3.Connection) -> None:
+        self.db = db
+
+    def __del__(self) -> None:
+        self.db.close()
+
+
 class Store:
-    """Thread-safe access to the library database (one connection, serialised by a lock)."""
+    """The library database, usable from any thread.
+
+    Every thread gets its own connection, so with WAL readers (status, retrieval, the UI's
+    snapshot) never wait for the writer and never see half a transaction. Writes are serialised
+    by a lock; the library sends all of them through its one writer thread (docs/ARCHITECTURE.md
+    §5), the lock only keeps direct users (tests, tools) safe.
+    """
 
     def __init__(self, data_dir: Path) -> None:
         self.path = Path(data_dir) / DB_NAME
+        self._local = threading.local()
+        self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
+        self._connections_lock = threading.Lock()
+        self._write_lock = threading.RLock()
+        self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            self._db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
-            self._db.row_factory = sqlite3.Row
-            self._lock = threading.RLock()
-            # The version is checked before anything else touches the file: a newer app's
-            # library must stay byte-for-byte as it was.
-            self._refuse_newer()
-            self._db.execute("PRAGMA journal_mode=WAL")
-            self._db.execute("PRAGMA synchronous=NORMAL")
-            self._db.execute("PRAGMA foreign_keys=ON")
-            self._migrate()
-        except StoreError:
-            self._db.close()
-            raise
+            db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
         except sqlite3.Error as exc:
             raise StoreError(describe_sqlite_error(exc, self.path)) from None
         except OSError as exc:
             raise StoreError(f"cannot use the data folder {self.path.parent}: {exc.strerror or exc}") from None
+        try:
+            db.row_factory = sqlite3.Row
+            # The version is checked before anything else touches the file: a newer app's
+            # library must stay byte-for-byte as it was.
+            self._refuse_newer(db)
+            db.execute("PRAGMA journal_mode=WAL")
+            self._configure(db)
+            self._migrate(db)
+        except StoreError:
+            db.close()
+            raise
+        except sqlite3.Error as exc:
+            db.close()
+            raise StoreError(describe_sqlite_error(exc, self.path)) from None
+        self._adopt(db)
+
+    @staticmethod
+    def _configure(db: sqlite3.Connection) -> None:
+        db.row_factory = sqlite3.Row
+        db.execute("PRAGMA synchronous=NORMAL")
+        db.execute("PRAGMA foreign_keys=ON")
+
+    def _adopt(self, db: sqlite3.Connection) -> None:
+        holder = _Connection(db)
+        self._local.connection = holder
+        with self._connections_lock:
+            self._connections.add(holder)
+
+    def _connection(self) -> sqlite3.Connection:
+        """This thread's connection (opened on first use, closed when the thread ends)."""
+        holder = getattr(self._local, "connection", None)
+        if holder is None:
+            if self._closed:
+                raise StoreError("the library is closed")
+            try:
+                db = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+                self._configure(db)
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.path) from None
+            self._adopt(db)
+            return db
+        return holder.db
+
+    @property
+    def open_connections(self) -> int:
+        return len(self._connections)
 
     def close(self) -> None:
-        with self._lock:
-            self._db.close()
+        with self._write_lock, self._connections_lock:
+            self._closed = True
+            for holder in list(self._connections):
+                holder.db.close()
+            self._connections = weakref.WeakSet()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
-        with self._lock:
+        with self._write_lock:
+            db = self._connection()
             try:
-                self._db.execute("BEGIN IMMEDIATE")
+                db.execute("BEGIN IMMEDIATE")
                 try:
-                    yield self._db
+                    yield db
                 except BaseException:
-                    self._db.execute("ROLLBACK")
+                    db.execute("ROLLBACK")
                     raise
-                self._db.execute("COMMIT")
+                db.execute("COMMIT")
             except sqlite3.Error as exc:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise store_error(exc, self.path) from None
 
     def _query(self, sql: str, params: tuple = ()) -> list[sqlite3.Row]:
-        with self._lock:
-            try:
-                return self._db.execute(sql, params).fetchall()
-            except sqlite3.Error as exc:
-                raise store_error(exc, self.path) from None
+        try:
+            return self._connection().execute(sql, params).fetchall()
+        except sqlite3.Error as exc:
+            raise store_error(exc, self.path) from None
 
-    def _refuse_newer(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    def _refuse_newer(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         if version > SCHEMA_VERSION:
             raise StoreError(
                 f"the library at {self.path} was written by a newer Dolphin Desk (schema {version}, "
                 f"this version knows {SCHEMA_VERSION}): update the app; the library was not changed"
             )
 
-    def _migrate(self) -> None:
-        version = self._db.execute("PRAGMA user_version").fetchone()[0]
+    def _migrate(self, db: sqlite3.Connection) -> None:
+        version = db.execute("PRAGMA user_version").fetchone()[0]
         if 0 < version < SCHEMA_VERSION:
-            self._back_up(version)
+            self._back_up(db, version)
         for target in range(version + 1, SCHEMA_VERSION + 1):
             try:
-                self._db.executescript(
-                    f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;"
-                )
+                db.executescript(f"BEGIN IMMEDIATE; {_MIGRATIONS[target]}; PRAGMA user_version = {target}; COMMIT;")
             except sqlite3.Error:
-                if self._db.in_transaction:
-                    self._db.execute("ROLLBACK")
+                if db.in_transaction:
+                    db.execute("ROLLBACK")
                 raise
 
-    def _back_up(self, version: int) -> None:
+    def _back_up(self, db: sqlite3.Connection, version: int) -> None:
         """A copy of the library as it was, before an upgrade changes it: downgrading the app
         then means putting this file back, and a failed migration loses nothing."""
         backup = self.path.with_name(f"{self.path.name}.schema{version}.bak")
@@ -306,7 +376,7 @@ class Store:
         partial.unlink(missing_ok=True)
         target = sqlite3.connect(partial)
         try:
-            self._db.backup(target)
+            db.backup(target)
         except BaseException:
             target.close()
             partial.unlink(missing_ok=True)
@@ -346,6 +416,14 @@ class Store:
             for r in self._query("SELECT * FROM folders ORDER BY path")
         ]
 
+    def set_folder_patterns(self, folder_id: int, include: list[str] | None, exclude: list[str] | None) -> None:
+        """A folder's own patterns; None follows the app's settings."""
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE folders SET include_patterns=?, exclude_patterns=? WHERE id=?",
+                (_join_patterns(include), _join_patterns(exclude), folder_id),
+            )
+
     def remove_folder(self, folder_id: int) -> None:
         with self.transaction() as db:
             db.execute("DELETE FROM folders WHERE id = ?", (folder_id,))
@@ -371,6 +449,15 @@ class Store:
                 "INSERT OR REPLACE INTO problems(folder_id, source, subject, message, at) VALUES (?, ?, ?, ?, ?)",
                 (folder_id, source, subject, message, time.time()),
             )
+
+    def clear_problem(self, folder_id: int, source: str, subject: str) -> None:
+        if self._query(
+            "SELECT 1 FROM problems WHERE folder_id=? AND source=? AND subject=?", (folder_id, source, subject)
+        ):
+            with self.transaction() as db:
+                db.execute(
+                    "DELETE FROM problems WHERE folder_id=? AND source=? AND subject=?", (folder_id, source, subject)
+                )
 
     def clear_problems(self, folder_id: int, source: str, keep_subjects: Iterable[str] = ()) -> None:
         """Forget a source's problems for a folder, except those about `keep_subjects`; no write
@@ -400,11 +487,12 @@ class Store:
             row["size"],
             row["mtime"],
             row["content_hash"],
-            row["state"],
+            DocumentState(row["state"]),
             row["error"],
             row["chunk_count"],
             row["indexed_at"],
             row["note"],
+            row["chunker"],
         )
 
     def documents(self, folder_id: int | None = None) -> list[Document]:
@@ -420,18 +508,50 @@ class Store:
 
     def upsert_pending(self, folder_id: int, path: Path, priority: int) -> None:
         """Mark a document as needing (re-)indexing; keeps its chunks until new ones replace them."""
+        self.queue_documents(folder_id, [path], priority)
+
+    def queue_documents(self, folder_id: int, paths: Iterable[Path], priority: int) -> None:
+        """Mark documents as needing (re-)indexing, in one transaction."""
+        now = time.time()
         with self.transaction() as db:
-            db.execute(
+            db.executemany(
                 "INSERT INTO documents(folder_id, path, state, priority, updated_at) VALUES (?, ?, 'pending', ?, ?) "
                 "ON CONFLICT(path) DO UPDATE SET state='pending', error=NULL, folder_id=excluded.folder_id, "
                 "priority=MIN(priority, excluded.priority), updated_at=excluded.updated_at",
-                (folder_id, db_path(path), priority, time.time()),
+                [(folder_id, db_path(path), priority, now) for path in paths],
             )
+
+    def documents_at(self, paths: Iterable[Path]) -> list[Document]:
+        """The rows of these paths (those that exist), for telling listeners what changed."""
+        keys = [db_path(p) for p in paths]
+        found: list[Document] = []
+        for start in range(0, len(keys), 500):
+            batch = keys[start : start + 500]
+            rows = self._query(f"SELECT * FROM documents WHERE path IN ({', '.join('?' * len(batch))})", tuple(batch))
+            found.extend(self._document(r) for r in rows)
+        return found
+
+    def requeue_other_chunkers(self, chunker: str, priority: int) -> list[Path]:
+        """Documents chunked otherwise than `chunker` go back to pending (their old chunks serve
+        until new ones replace them; memories of unchanged chunk text are reused)."""
+        rows = self._query(
+            "SELECT path FROM documents WHERE state IN ('ready', 'indexing') AND (chunker IS NULL OR chunker != ?)",
+            (chunker,),
+        )
+        if not rows:
+            return []
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE documents SET state='pending', priority=MIN(priority, ?) "
+                "WHERE state IN ('ready', 'indexing') AND (chunker IS NULL OR chunker != ?)",
+                (priority, chunker),
+            )
+        return [path_from_db(r["path"]) for r in rows]
 
     def set_state(
         self,
         path: Path,
-        state: str,
+        state: DocumentState,
         error: str | None = None,
         size: int | None = None,
         mtime: float | None = None,
@@ -442,9 +562,9 @@ class Store:
             db.execute(
                 "UPDATE documents SET state=?, error=?, size=COALESCE(?, size), mtime=COALESCE(?, mtime), "
                 "content_hash=COALESCE(?, content_hash), note=?, updated_at=? WHERE path=?",
-                (state, error, size, mtime, content_hash, note, time.time(), db_path(path)),
+                (state.value, error, size, mtime, content_hash, note, time.time(), db_path(path)),
             )
-            if state in ("failed", "skipped"):
+            if state.has_reason:
                 db.execute(
                     "DELETE FROM chunks WHERE document_id = (SELECT id FROM documents WHERE path=?)", (db_path(path),)
                 )
@@ -460,10 +580,10 @@ class Store:
         )
         return self._document(rows[0]) if rows else None
 
-    def count_states(self) -> dict[str, int]:
-        counts = dict.fromkeys(STATES, 0)
+    def count_states(self) -> dict[DocumentState, int]:
+        counts = dict.fromkeys(DocumentState, 0)
         for row in self._query("SELECT state, COUNT(*) AS n FROM documents GROUP BY state"):
-            counts[row["state"]] = row["n"]
+            counts[DocumentState(row["state"])] = row["n"]
         return counts
 
     def remove_documents(self, paths: Iterable[Path]) -> int:
@@ -473,8 +593,9 @@ class Store:
                 removed += db.execute("DELETE FROM documents WHERE path = ?", (db_path(path),)).rowcount
         return removed
 
-    def remove_under(self, directory: Path) -> int:
-        """Every document inside `directory` (a folder that was deleted or moved away)."""
+    def remove_under(self, directory: Path) -> list[Path]:
+        """Every document inside `directory` (a folder that was deleted or moved away); returns
+        the paths removed."""
         prefix = os.fsencode(os.path.join(os.fspath(directory), ""))
         paths = [
             path_from_db(r["path"])
@@ -482,7 +603,8 @@ class Store:
                 "SELECT path FROM documents WHERE substr(CAST(path AS BLOB), 1, ?) = ?", (len(prefix), prefix)
             )
         ]
-        return self.remove_documents(paths)
+        self.remove_documents(paths)
+        return paths
 
     def replace_chunks(
         self,
@@ -491,8 +613,9 @@ class Store:
         size: int,
         mtime: float,
         content_hash: str,
-        state: str = "ready",
+        state: DocumentState = DocumentState.READY,
         note: str | None = None,
+        chunker: str | None = None,
     ) -> None:
         """The one commit per document: new chunks, state and file facts together."""
         with self.transaction() as db:
@@ -501,7 +624,7 @@ class Store:
                 return
             db.execute("DELETE FROM chunks WHERE document_id=?", (row["id"],))
             now = time.time()
-            indexed_at = now if state == "ready" else None
+            indexed_at = now if state is DocumentState.READY else None
             db.executemany(
                 "INSERT INTO chunks(document_id, ordinal, text, char_start, char_end, page, token_count, text_hash) "
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
@@ -512,8 +635,8 @@ class Store:
             )
             db.execute(
                 "UPDATE documents SET state=?, error=NULL, note=?, chunk_count=?, size=?, mtime=?, content_hash=?, "
-                "updated_at=?, indexed_at=? WHERE id=?",
-                (state, note, len(chunks), size, mtime, content_hash, now, indexed_at, row["id"]),
+                "updated_at=?, indexed_at=?, chunker=? WHERE id=?",
+                (state.value, note, len(chunks), size, mtime, content_hash, now, indexed_at, chunker, row["id"]),
             )
 
     # memories ------------------------------------------------------------------------------
@@ -562,7 +685,7 @@ class Store:
         rows = self._query(
             "SELECT c.id, d.path, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash, "
             "bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-            "JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ? AND d.state = 'ready' "
+            "JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ? "
             "ORDER BY score LIMIT ?",
             (match, limit),
         )

@@ -15,9 +15,12 @@ from typing import Any
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from app.chats import ChatStore
-from app.library.library import Library, LibraryAnswer, library_status
+from app.library.events import IndexProgress, LibraryEvent
+from app.library.library import Library, LibraryAnswer
 from app.power import on_battery
-from app.settings import Settings, load_settings, save_settings
+from app.settings import Effect, Settings, effects, load_settings, save_settings
+from app.ui.event_pump import EventPump
+from app.ui.library_model import LibraryTreeModel
 from app.ui.tasks import TaskRunner
 from inference import DolphinModel, GenerationSettings
 
@@ -72,11 +75,8 @@ class AnswerWorker(QThread):
 
 class AppController(QObject):
     model_state_changed = Signal(str, str)
-    index_progress = Signal(object)
-    status_ready = Signal(dict)
+    index_progress = Signal(object)  # IndexProgress, after the rows before it are in `model`
     error = Signal(str, str)
-    # From the dying indexer thread; handled on the GUI thread (restart, banner).
-    indexer_failed = Signal(str)
 
     def __init__(self, data_dir: Path, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -87,9 +87,14 @@ class AppController(QObject):
         self.tasks = TaskRunner(self)
         self.model: DolphinModel | None = None
         self.library: Library | None = None
+        # The library as the window shows it: filled by a snapshot, then kept current by events.
+        self.tree = LibraryTreeModel(self)
+        self.pump = EventPump(self.tree, self)
+        self.pump.progress.connect(self._on_progress)
+        self.pump.indexer_stopped.connect(self._restart_indexer)
+        self.progress: IndexProgress | None = None
         self.model_state = "missing"
         self.model_message = "No model bundle yet"
-        self._status_pending = False
         self._paused_for_battery = False
         self._lock = threading.Lock()
         self._closing = False
@@ -100,7 +105,6 @@ class AppController(QObject):
         self._battery_timer.timeout.connect(self._check_battery)
         self._battery_timer.start()
         self._restarts: list[float] = []
-        self.indexer_failed.connect(self._restart_indexer)
         if settings_note:
             QTimer.singleShot(0, lambda: self.error.emit(settings_note, ""))
 
@@ -121,6 +125,12 @@ class AppController(QObject):
         settings = self.settings
         self._generation += 1
         generation = self._generation
+        self.pump.expect_snapshot()
+
+        def forward(event: LibraryEvent) -> None:
+            """Events of this library only: one that is being replaced must not leak into the window."""
+            if generation == self._generation:
+                self.pump.post(event)
 
         def work() -> tuple[DolphinModel, Library]:
             model = DolphinModel.load(bundle, provider=settings.provider, threads=settings.threads or None)
@@ -128,14 +138,16 @@ class AppController(QObject):
                 self.data_dir,
                 model,
                 chunk_tokens=settings.chunk_tokens,
-                on_progress=self.index_progress.emit,
-                on_indexer_failure=self.indexer_failed.emit,
+                include=settings.include_patterns,
+                exclude=settings.exclude_patterns,
             )
             with self._lock:
                 if self._closing:
                     library.stop()
                     raise RuntimeError("the app is closing")
                 self._loaded.append(library)
+            library.subscribe(forward)
+            library.request_snapshot()
             library.start(watch=True)
             return model, library
 
@@ -147,7 +159,6 @@ class AppController(QObject):
             label = {"cpu": "CPU", "cuda": "CUDA", "dml": "DirectML"}[self.model.provider]
             self._set_model_state("ready", f"{Path(bundle).name} · {self.model.manifest.precision} · {label}")
             self._check_battery()
-            self.refresh_status()
 
         def failed(message: str, details: str) -> None:
             self._set_model_state("error", message)
@@ -168,7 +179,7 @@ class AppController(QObject):
 
     # library -------------------------------------------------------------------------------
 
-    def _run_on_library(self, work_name: str, work: Any) -> None:
+    def _run_on_library(self, work_name: str, work: Any, done: Any = None) -> None:
         library = self.library
         if library is None:
             self.error.emit("Load a model bundle before adding folders.", "")
@@ -177,24 +188,32 @@ class AppController(QObject):
         def failed(message: str, details: str) -> None:
             self.error.emit(f"{work_name}: {message}", details)
 
-        self.tasks.run(lambda: work(library), lambda _: self.refresh_status(), failed)
+        self.tasks.run(lambda: work(library), done, failed)
 
     def add_folder(self, path: str) -> None:
-        include, exclude = self.settings.include_patterns, self.settings.exclude_patterns
-        self._run_on_library("Adding the folder failed", lambda lib: lib.add_folder(Path(path), include, exclude))
+        """The folder follows the include/exclude settings (Settings changes reach it)."""
+        self._run_on_library("Adding the folder failed", lambda lib: lib.add_folder(Path(path)))
 
     def remove_folder(self, path: str) -> None:
         self._run_on_library("Removing the folder failed", lambda lib: lib.remove_folder(Path(path)))
 
     def reindex(self, path: str) -> None:
-        def work(library: Library) -> None:
-            target = Path(path)
-            documents = [d for d in library.store.documents() if d.path == target or target in d.path.parents]
-            for document in documents:  # pending is enough: the indexer re-reads it, old chunks serve until then
-                library.store.upsert_pending(document.folder_id, document.path, 0)
-            library.indexer.wake()
+        self._run_on_library("Re-indexing failed", lambda lib: lib.reindex(Path(path)))
 
-        self._run_on_library("Re-indexing failed", work)
+    def apply_settings(self, new: Settings) -> None:
+        """Save new settings and do what they require (the schema says what: app/settings.py)."""
+        old, self.settings = self.settings, new
+        self.save_settings()
+        needed = effects(old, new)
+        if Effect.RELOAD_MODEL in needed:
+            self.load_model()
+            return
+        if Effect.RECHUNK in needed:
+            tokens = new.chunk_tokens
+            self._run_on_library("Changing the chunk size failed", lambda lib: lib.set_chunk_tokens(tokens))
+        if Effect.RESCAN in needed:
+            include, exclude = list(new.include_patterns), list(new.exclude_patterns)
+            self._run_on_library("Applying the patterns failed", lambda lib: lib.set_patterns(include, exclude))
 
     def set_paused(self, paused: bool) -> None:
         if self.library is None:
@@ -233,24 +252,10 @@ class AppController(QObject):
         log.warning("restarting the indexer after: %s", reason)
         library.indexer.start()
         self.error.emit(f"Indexing stopped unexpectedly ({reason}) and was restarted. Help → Show log has details.", "")
-        self.refresh_status()
 
-    def refresh_status(self) -> None:
-        """Re-read folder and document states in the background (coalesced)."""
-        if self.library is None or self._status_pending:
-            return
-        self._status_pending = True
-        store = self.library.store
-
-        def done(status: dict) -> None:
-            self._status_pending = False
-            self.status_ready.emit(status)
-
-        def failed(message: str, details: str) -> None:
-            self._status_pending = False
-            self.error.emit(f"The library could not be read: {message}", details)
-
-        self.tasks.run(lambda: library_status(store), done, failed)
+    def _on_progress(self, progress: IndexProgress) -> None:
+        self.progress = progress
+        self.index_progress.emit(progress)
 
     # answers -------------------------------------------------------------------------------
 

@@ -24,8 +24,17 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.settings import Settings, SettingsError
+from app.settings import Settings, SettingsError, SettingSpec, spec
 from inference.providers import LABELS, available_providers
+
+
+def _spin(setting: SettingSpec) -> QSpinBox:
+    """A spin box with the setting's range and unit (app/settings.py declares them)."""
+    box = QSpinBox()
+    box.setRange(int(setting.minimum or 0), int(setting.maximum or 2**31 - 1))
+    if setting.unit:
+        box.setSuffix(setting.unit)
+    return box
 
 
 class SettingsDialog(QDialog):
@@ -41,48 +50,46 @@ class SettingsDialog(QDialog):
         browse.clicked.connect(self._browse)
         bundle_row.addWidget(self.bundle, 1)
         bundle_row.addWidget(browse)
-        form.addRow("Model bundle", bundle_row)
+        form.addRow(spec("bundle_path").label, bundle_row)
         self.provider = QComboBox()
         available = available_providers()
         self.provider.addItem("Automatic (the bundle's own)", "auto")
-        for name in ("cpu", "cuda", "dml"):
+        for name in [p for p in spec("provider").choices or () if p != "auto"]:
             suffix = "" if name in available else " — not available here"
             self.provider.addItem(LABELS[name] + suffix, name)
         self.provider.setCurrentIndex(max(0, self.provider.findData(settings.provider)))
-        form.addRow("Execution provider", self.provider)
-        self.threads = QSpinBox()
-        self.threads.setRange(0, 512)
+        form.addRow(spec("provider").label, self.provider)
+        self.threads = _spin(spec("threads"))
         self.threads.setSpecialValueText("All cores")
         self.threads.setValue(settings.threads)
-        form.addRow("Threads", self.threads)
-        self.top_k = QSpinBox()
-        self.top_k.setRange(1, 16)
+        form.addRow(spec("threads").label, self.threads)
+        self.top_k = _spin(spec("top_k"))
         self.top_k.setValue(settings.top_k)
-        form.addRow("Memory blocks per answer", self.top_k)
-        self.chunk_tokens = QSpinBox()
-        self.chunk_tokens.setRange(32, 2048)
+        form.addRow(spec("top_k").label, self.top_k)
+        self.chunk_tokens = _spin(spec("chunk_tokens"))
         self.chunk_tokens.setValue(settings.chunk_tokens)
-        self.chunk_tokens.setSuffix(" tokens")
-        form.addRow("Chunk size", self.chunk_tokens)
-        self.max_new_tokens = QSpinBox()
-        self.max_new_tokens.setRange(1, 8192)
+        self.chunk_tokens.setToolTip(
+            "Changing it re-chunks the library in the background; unchanged chunks keep their memories"
+        )
+        form.addRow(spec("chunk_tokens").label, self.chunk_tokens)
+        self.max_new_tokens = _spin(spec("max_new_tokens"))
         self.max_new_tokens.setValue(settings.max_new_tokens)
-        self.max_new_tokens.setSuffix(" tokens")
-        form.addRow("Maximum answer length", self.max_new_tokens)
+        form.addRow(spec("max_new_tokens").label, self.max_new_tokens)
         self.temperature = QDoubleSpinBox()
-        self.temperature.setRange(0.05, 5.0)
+        self.temperature.setRange(spec("temperature").minimum or 0.0, spec("temperature").maximum or 5.0)
         self.temperature.setSingleStep(0.05)
         self.temperature.setValue(settings.temperature)
-        form.addRow("Temperature", self.temperature)
+        form.addRow(spec("temperature").label, self.temperature)
         self.greedy = QCheckBox("Greedy decoding (as the reference model was evaluated)")
         self.greedy.setChecked(settings.greedy)
         form.addRow("", self.greedy)
         self.include = QPlainTextEdit(" ".join(settings.include_patterns))
         self.include.setFixedHeight(60)
-        form.addRow("Include patterns", self.include)
+        self.include.setToolTip("Folders without patterns of their own follow these; a change scans them again")
+        form.addRow(spec("include_patterns").label, self.include)
         self.exclude = QPlainTextEdit(" ".join(settings.exclude_patterns))
         self.exclude.setFixedHeight(48)
-        form.addRow("Exclude patterns", self.exclude)
+        form.addRow(spec("exclude_patterns").label, self.exclude)
         data = QLabel(data_dir)
         data.setToolTip("Set DOLPHIN_DESK_DATA_DIR or start with --data-dir to use another folder")
         form.addRow("Data folder", data)

@@ -1,15 +1,14 @@
-"""Folders and their documents: live indexing progress, failures with reasons, actions."""
+"""Folders and their documents (a view of app/ui/library_model.py): live progress, failures with
+reasons, problems, actions."""
 
 from __future__ import annotations
 
-import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 
-from PySide6.QtCore import QPoint, Qt, QUrl, Signal
-from PySide6.QtGui import QColor, QDesktopServices, QDragEnterEvent, QDropEvent
+from PySide6.QtCore import QModelIndex, QPoint, Qt, QUrl, Signal
+from PySide6.QtGui import QDesktopServices, QDragEnterEvent, QDropEvent
 from PySide6.QtWidgets import (
     QFileDialog,
     QHBoxLayout,
@@ -18,21 +17,13 @@ from PySide6.QtWidgets import (
     QMenu,
     QProgressBar,
     QPushButton,
-    QTreeWidget,
-    QTreeWidgetItem,
+    QTreeView,
     QVBoxLayout,
     QWidget,
 )
 
-from app.library.indexer import IndexProgress
-
-STATE_COLOURS = {
-    "ready": "#2e7d32",
-    "failed": "#c62828",
-    "skipped": "#8d6e00",
-    "pending": "#546e7a",
-    "indexing": "#1565c0",
-}
+from app.library.events import IndexProgress
+from app.ui.library_model import PATH_ROLE, LibraryTreeModel
 
 
 def reveal_in_file_manager(path: Path) -> None:
@@ -50,7 +41,7 @@ class FoldersPanel(QWidget):
     reindex = Signal(str)
     pause_toggled = Signal(bool)
 
-    def __init__(self, parent: QWidget | None = None) -> None:
+    def __init__(self, model: LibraryTreeModel | None = None, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setAcceptDrops(True)
         self.setObjectName("foldersPanel")
@@ -87,20 +78,24 @@ class FoldersPanel(QWidget):
         self.problems.setWordWrap(True)
         self.problems.hide()
         layout.addWidget(self.problems)
-        self.tree = QTreeWidget()
-        self.tree.setHeaderLabels(["Name", "Chunks", "State"])
+        self.model = model or LibraryTreeModel(self)
+        self.tree = QTreeView()
+        self.tree.setModel(self.model)
+        self.tree.setUniformRowHeights(True)  # 20,000 rows lay out without measuring each
         self.tree.header().setStretchLastSection(True)
-        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.ResizeToContents)
-        self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.ResizeToContents)
+        self.tree.header().setSectionResizeMode(0, QHeaderView.ResizeMode.Interactive)
+        self.tree.header().setSectionResizeMode(1, QHeaderView.ResizeMode.Fixed)
+        self.tree.header().resizeSection(0, 190)
+        self.tree.header().resizeSection(1, 56)
         self.tree.setContextMenuPolicy(Qt.ContextMenuPolicy.CustomContextMenu)
         self.tree.customContextMenuRequested.connect(self._menu)
-        self.tree.itemDoubleClicked.connect(lambda item, _: self._open(item))
+        self.tree.doubleClicked.connect(self._open)
         layout.addWidget(self.tree, 1)
         self.add_button.clicked.connect(self._choose_folder)
         self.remove_button.clicked.connect(self._remove_selected)
         self.pause_button.toggled.connect(self._toggle_pause)
-        self._expanded: set[str] = set()
-        self._shown: dict | None = None
+        self.model.rowsInserted.connect(self._expand_new_folder)
+        self.model.modelReset.connect(self._expand_single_folder)
 
     # actions -------------------------------------------------------------------------------
 
@@ -110,35 +105,44 @@ class FoldersPanel(QWidget):
             self.add_folder.emit(path)
 
     def _selected_path(self) -> str | None:
-        item = self.tree.currentItem()
-        return item.data(0, Qt.ItemDataRole.UserRole) if item else None
+        index = self.tree.currentIndex()
+        return index.siblingAtColumn(0).data(PATH_ROLE) if index.isValid() else None
 
     def _remove_selected(self) -> None:
-        item = self.tree.currentItem()
-        if item is not None and item.parent() is None:
-            self.remove_folder.emit(item.data(0, Qt.ItemDataRole.UserRole))
+        index = self.tree.currentIndex()
+        if index.isValid() and not index.parent().isValid():
+            self.remove_folder.emit(index.siblingAtColumn(0).data(PATH_ROLE))
 
     def _toggle_pause(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")
         self.pause_toggled.emit(paused)
 
-    def _open(self, item: QTreeWidgetItem) -> None:
-        path = item.data(0, Qt.ItemDataRole.UserRole)
+    def _open(self, index: QModelIndex) -> None:
+        path = index.siblingAtColumn(0).data(PATH_ROLE)
         if path:
             QDesktopServices.openUrl(QUrl.fromLocalFile(path))
 
     def _menu(self, position: QPoint) -> None:
-        item = self.tree.itemAt(position)
-        if item is None or not item.data(0, Qt.ItemDataRole.UserRole):
-            return  # a problem row: nothing to open
-        path = Path(item.data(0, Qt.ItemDataRole.UserRole))
+        index = self.tree.indexAt(position)
+        path_text = index.siblingAtColumn(0).data(PATH_ROLE) if index.isValid() else None
+        if not path_text:
+            return  # nothing, or a problem row: nothing to open
+        path = Path(path_text)
         menu = QMenu(self)
-        menu.addAction("Open", lambda: self._open(item))
+        menu.addAction("Open", lambda: self._open(index))
         menu.addAction("Show in file manager", lambda: reveal_in_file_manager(path))
         menu.addAction("Re-index", lambda: self.reindex.emit(str(path)))
-        if item.parent() is None:
+        if not index.parent().isValid():
             menu.addAction("Remove from library", lambda: self.remove_folder.emit(str(path)))
         menu.popup(self.tree.viewport().mapToGlobal(position))
+
+    def _expand_new_folder(self, parent: QModelIndex, first: int, _last: int) -> None:
+        if not parent.isValid() and self.model.rowCount() == 1:
+            self.tree.expand(self.model.index(first, 0))
+
+    def _expand_single_folder(self) -> None:
+        if self.model.rowCount() == 1:
+            self.tree.expand(self.model.index(0, 0))
 
     def dragEnterEvent(self, event: QDragEnterEvent) -> None:
         if event.mimeData().hasUrls() and any(Path(u.toLocalFile()).is_dir() for u in event.mimeData().urls()):
@@ -150,7 +154,28 @@ class FoldersPanel(QWidget):
                 self.add_folder.emit(url.toLocalFile())
         event.acceptProposedAction()
 
+    # what tests and screenshots read ---------------------------------------------------------
+
+    def folder_rows(self) -> list[tuple[str, str]]:
+        """(name, summary) per folder, as shown."""
+        return [
+            (self.model.index(r, 0).data(), self.model.index(r, 2).data()) for r in range(self.model.rowCount())
+        ]
+
+    def document_rows(self, folder_row: int = 0) -> dict[str, str]:
+        """Name -> state column of a folder's children (problem rows start with ⚠), as shown."""
+        parent = self.model.index(folder_row, 0)
+        return {
+            self.model.index(r, 0, parent).data(): self.model.index(r, 2, parent).data()
+            for r in range(self.model.rowCount(parent))
+        }
+
     # display -------------------------------------------------------------------------------
+
+    def show_problems(self) -> None:
+        problems = [p.message for p in self.model.library_problems]
+        self.problems.setText("\n".join(f"⚠ {p}" for p in problems))
+        self.problems.setVisible(bool(problems))
 
     def show_progress(self, progress: IndexProgress) -> None:
         total = max(progress.documents_total, 1)
@@ -167,70 +192,9 @@ class FoldersPanel(QWidget):
         if progress.state == "indexing" and progress.current_file:
             rate = f" · {progress.chunks_per_second:.1f} chunks/s" if progress.chunks_per_second else ""
             name = Path(progress.current_file).name
-            self.current.setText(f"Compressing {name} ({progress.chunks_done}/{progress.chunks_total} chunks){rate}")
+            chunks = f" ({progress.chunks_done}/{progress.chunks_total} chunks)" if progress.chunks_total else ""
+            self.current.setText(f"Compressing {name}{chunks}{rate}")
         elif progress.state == "error":
             self.current.setText("Indexing stopped: see the message above")
         else:
             self.current.setText("")
-
-    def show_status(self, status: dict) -> None:
-        if status == self._shown:
-            return  # unchanged: keep the tree, its scroll position and selection as they are
-        self._shown = status
-        library_problems = [p["message"] for p in status.get("problems", [])]
-        indexer = status.get("indexer", {})
-        if indexer.get("state") == "stopped":
-            library_problems.insert(0, str(indexer.get("reason")))
-        self.problems.setText("\n".join(f"⚠ {p}" for p in library_problems))
-        self.problems.setVisible(bool(library_problems))
-        for index in range(self.tree.topLevelItemCount()):
-            item = self.tree.topLevelItem(index)
-            if item.isExpanded():
-                self._expanded.add(item.data(0, Qt.ItemDataRole.UserRole))
-            else:
-                self._expanded.discard(item.data(0, Qt.ItemDataRole.UserRole))
-        selected = self._selected_path()
-        self.tree.clear()
-        documents_by_folder: dict[str, list[dict]] = {f["path"]: [] for f in status["folders"]}
-        for document in status["documents"]:
-            owner = max(
-                (f for f in documents_by_folder if document["path"].startswith(f + os.sep)), key=len, default=None
-            )
-            if owner is not None:
-                documents_by_folder[owner].append(document)
-        for folder in status["folders"]:
-            counts = folder["counts"]
-            summary = ", ".join(
-                f"{counts[s]} {s}" for s in ("ready", "pending", "indexing", "failed", "skipped") if counts.get(s)
-            )
-            state = "missing" if folder["missing"] else (summary or "empty")
-            item = QTreeWidgetItem([Path(folder["path"]).name or folder["path"], "", state])
-            item.setToolTip(0, folder["path"])
-            item.setData(0, Qt.ItemDataRole.UserRole, folder["path"])
-            self.tree.addTopLevelItem(item)
-            for problem in folder.get("problems", []):
-                subject = problem["subject"]
-                if subject.startswith(folder["path"] + os.sep):
-                    subject = os.path.relpath(subject, folder["path"])
-                text = f"{subject}: {problem['message']}" if subject else problem["message"]
-                row = QTreeWidgetItem([f"⚠ {problem['source']}", "", text])
-                row.setToolTip(0, problem["subject"] or folder["path"])
-                row.setToolTip(2, text)
-                row.setForeground(2, QColor(STATE_COLOURS["failed"]))
-                item.addChild(row)
-            for document in documents_by_folder[folder["path"]]:
-                relative = os.path.relpath(document["path"], folder["path"])
-                detail = document["error"] or document.get("note")
-                label = document["state"] + (f": {detail}" if detail else "")
-                child = QTreeWidgetItem([relative, str(document["chunks"] or ""), label])
-                child.setData(0, Qt.ItemDataRole.UserRole, document["path"])
-                child.setToolTip(0, document["path"])
-                indexed = document.get("indexed_at")
-                when = time.strftime(" · indexed %Y-%m-%d %H:%M", time.localtime(indexed)) if indexed else ""
-                child.setToolTip(2, label + when)
-                child.setTextAlignment(1, Qt.AlignmentFlag.AlignRight)
-                child.setForeground(2, QColor(STATE_COLOURS.get(document["state"], "#333333")))
-                item.addChild(child)
-                if document["path"] == selected:
-                    self.tree.setCurrentItem(child)
-            item.setExpanded(folder["path"] in self._expanded or len(status["folders"]) == 1)

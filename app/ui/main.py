@@ -12,6 +12,7 @@ from PySide6.QtWidgets import QApplication, QMessageBox
 from app.chats import ChatStoreError
 from app.library.paths import default_data_dir
 from app.logs import install_exception_hooks, setup_logging
+from app.settings import SettingsError
 from app.ui.controller import AppController
 from app.ui.crash import CrashReporter
 from app.ui.main_window import MainWindow
@@ -55,9 +56,9 @@ def run_app(data_dir: Path | None = None) -> int:
     install_exception_hooks()
     try:
         window, controller = create_window(data_dir)
-    except (ChatStoreError, OSError) as exc:
+    except (ChatStoreError, SettingsError, OSError) as exc:
         # Nothing can be shown without the data folder: say why in a dialog, not a traceback.
-        message = str(exc) if isinstance(exc, ChatStoreError) else f"cannot use the data folder: {exc}"
+        message = f"cannot use the data folder: {exc}" if isinstance(exc, OSError) else str(exc).capitalize()
         log.error("cannot start: %s", message)
         QMessageBox.critical(None, "Dolphin Desk cannot start", message)
         return 1

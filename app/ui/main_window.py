@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QTimer, QUrl
+from PySide6.QtCore import Qt, QUrl
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -20,7 +20,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.chats import Message
-from app.library.indexer import IndexProgress
+from app.library.events import IndexProgress
 from app.logs import log_path
 from app.ui.chat import ChatPanel
 from app.ui.controller import AnswerWorker, AppController
@@ -68,7 +68,7 @@ class MainWindow(QMainWindow):
         self.welcome = WelcomePage(controller.data_dir, controller.settings.hub_repo)
         self.sidebar = ConversationList()
         self.chat = ChatPanel()
-        self.folders = FoldersPanel()
+        self.folders = FoldersPanel(controller.tree)
         splitter = QSplitter()
         splitter.addWidget(self.sidebar)
         splitter.addWidget(self.chat)
@@ -88,10 +88,6 @@ class MainWindow(QMainWindow):
         stop = QShortcut(QKeySequence(Qt.Key.Key_Escape), self)
         stop.setContext(Qt.ShortcutContext.WindowShortcut)
         stop.activated.connect(self.stop_answer)
-        self._status_timer = QTimer(self)
-        self._status_timer.setInterval(700)
-        self._status_timer.timeout.connect(controller.refresh_status)
-        self._status_timer.start()
         self._load_conversations()
         self._on_model_state(controller.model_state, controller.model_message)
 
@@ -130,7 +126,7 @@ class MainWindow(QMainWindow):
         c = self.controller
         c.model_state_changed.connect(self._on_model_state)
         c.index_progress.connect(self._on_progress)
-        c.status_ready.connect(self.folders.show_status)
+        c.pump.problems_changed.connect(self.folders.show_problems)
         c.error.connect(self._on_error)
         self.welcome.bundle_chosen.connect(c.use_bundle)
         self.folders.add_folder.connect(c.add_folder)
@@ -182,12 +178,7 @@ class MainWindow(QMainWindow):
     def open_settings(self) -> None:
         dialog = SettingsDialog(self.controller.settings, str(self.controller.data_dir), self)
         if dialog.exec() and dialog.result_settings is not None:
-            old = self.controller.settings
-            self.controller.settings = dialog.result_settings
-            self.controller.save_settings()
-            reload_keys = ("bundle_path", "provider", "threads", "chunk_tokens")
-            if any(getattr(old, k) != getattr(dialog.result_settings, k) for k in reload_keys):
-                self.controller.load_model()
+            self.controller.apply_settings(dialog.result_settings)
 
     def show_about(self) -> None:
         QMessageBox.about(self, "About Dolphin Desk", about_text(self.controller.settings.bundle_path or None))
@@ -288,5 +279,4 @@ class MainWindow(QMainWindow):
         if self.worker is not None:
             self.worker.stop()
             self.worker.wait(10000)
-        self._status_timer.stop()
         event.accept()

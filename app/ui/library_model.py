@@ -1,0 +1,337 @@
+"""The folders and their documents as a Qt item model, kept up to date by library events.
+
+Nothing is rebuilt: a Snapshot fills the model once, and every later event changes just the
+rows it names (`dataChanged` for a new state, `beginInsertRows` for new documents in sorted
+runs, `beginRemoveRows` for vanished ones). Views keep their scroll position, selection and
+expanded folders, and an update of one document costs the same with 20 documents or 20,000.
+
+Top-level rows are folders; a folder's children are its problems (a watcher that failed, a bad
+.gitignore), then its documents sorted by path.
+"""
+
+from __future__ import annotations
+
+import bisect
+import os
+import time
+from collections import Counter
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtGui import QColor
+
+from app.library.events import FolderInfo
+from app.library.states import DocumentState
+from app.library.store import LIBRARY_WIDE, Document, Problem, display_path
+
+STATE_COLOURS = {
+    DocumentState.READY: QColor("#2e7d32"),
+    DocumentState.FAILED: QColor("#c62828"),
+    DocumentState.SKIPPED: QColor("#8d6e00"),
+    DocumentState.PENDING: QColor("#546e7a"),
+    DocumentState.INDEXING: QColor("#1565c0"),
+}
+PROBLEM_COLOUR = QColor("#c62828")
+SUMMARY_ORDER = (
+    DocumentState.READY,
+    DocumentState.PENDING,
+    DocumentState.INDEXING,
+    DocumentState.FAILED,
+    DocumentState.SKIPPED,
+)
+PATH_ROLE = Qt.ItemDataRole.UserRole
+COLUMNS = ("Name", "Chunks", "State")
+Index = QModelIndex | QPersistentModelIndex
+
+
+@dataclass
+class _Folder:
+    info: FolderInfo
+    keys: list[str] = field(default_factory=list)  # document paths, sorted
+    documents: list[Document] = field(default_factory=list)  # in the order of `keys`
+    problems: list[Problem] = field(default_factory=list)
+    counts: Counter[DocumentState] = field(default_factory=Counter)
+
+    @property
+    def path(self) -> str:
+        return str(self.info.path)
+
+    def summary(self) -> str:
+        if self.info.missing:
+            return "missing"
+        parts = [f"{self.counts[s]} {s}" for s in SUMMARY_ORDER if self.counts.get(s)]
+        return ", ".join(parts) or "empty"
+
+
+class LibraryTreeModel(QAbstractItemModel):
+    def __init__(self, parent: Any = None) -> None:
+        super().__init__(parent)
+        self._folders: list[_Folder] = []  # sorted by path
+        self._by_id: dict[int, _Folder] = {}
+        self._where: dict[Path, int] = {}  # document path -> folder id
+        self.library_problems: list[Problem] = []
+
+    # structure -----------------------------------------------------------------------------
+
+    def _row_of(self, folder: _Folder) -> int:
+        return self._folders.index(folder)
+
+    def index(self, row: int, column: int, parent: Index = QModelIndex()) -> QModelIndex:  # noqa: B008
+        if not self.hasIndex(row, column, parent):
+            return QModelIndex()
+        if not parent.isValid():
+            return self.createIndex(row, column, 0)
+        folder = self._folders[parent.row()]
+        return self.createIndex(row, column, folder.info.id)
+
+    def parent(self, child: Index = QModelIndex()) -> QModelIndex:  # type: ignore[override]  # noqa: B008
+        if not child.isValid() or child.internalId() == 0:
+            return QModelIndex()
+        folder = self._by_id.get(child.internalId())
+        if folder is None:
+            return QModelIndex()
+        return self.createIndex(self._row_of(folder), 0, 0)
+
+    def rowCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        if not parent.isValid():
+            return len(self._folders)
+        if parent.internalId() != 0 or parent.column() != 0:
+            return 0
+        folder = self._folders[parent.row()]
+        return len(folder.problems) + len(folder.documents)
+
+    def columnCount(self, parent: Index = QModelIndex()) -> int:  # noqa: B008
+        return len(COLUMNS)
+
+    def headerData(self, section: int, orientation: Qt.Orientation, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if orientation == Qt.Orientation.Horizontal and role == Qt.ItemDataRole.DisplayRole:
+            return COLUMNS[section]
+        return None
+
+    # contents ------------------------------------------------------------------------------
+
+    def data(self, index: Index, role: int = Qt.ItemDataRole.DisplayRole) -> Any:
+        if not index.isValid():
+            return None
+        column = index.column()
+        if index.internalId() == 0:
+            folder = self._folders[index.row()]
+            if role == Qt.ItemDataRole.DisplayRole:
+                return (folder.info.path.name or folder.path, "", folder.summary())[column]
+            if role == Qt.ItemDataRole.ToolTipRole:
+                return display_path(folder.info.path)
+            if role == PATH_ROLE:
+                return folder.path
+            return None
+        folder = self._by_id[index.internalId()]
+        row = index.row()
+        if row < len(folder.problems):
+            return self._problem_data(folder, folder.problems[row], column, role)
+        document = folder.documents[row - len(folder.problems)]
+        return self._document_data(folder, document, column, role)
+
+    @staticmethod
+    def _problem_text(folder: _Folder, problem: Problem) -> str:
+        subject = problem.subject
+        if subject.startswith(folder.path + os.sep):
+            subject = os.path.relpath(subject, folder.path)
+        return f"{subject}: {problem.message}" if subject else problem.message
+
+    def _problem_data(self, folder: _Folder, problem: Problem, column: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            return (f"⚠ {problem.source}", "", self._problem_text(folder, problem))[column]
+        if role == Qt.ItemDataRole.ToolTipRole:
+            return problem.subject or folder.path if column == 0 else self._problem_text(folder, problem)
+        if role == Qt.ItemDataRole.ForegroundRole and column == 2:
+            return PROBLEM_COLOUR
+        return None
+
+    @staticmethod
+    def _label(document: Document) -> str:
+        detail = document.error if document.state.has_reason else document.note
+        return f"{document.state}: {detail}" if detail else str(document.state)
+
+    def _document_data(self, folder: _Folder, document: Document, column: int, role: int) -> Any:
+        if role == Qt.ItemDataRole.DisplayRole:
+            if column == 0:
+                return display_path(os.path.relpath(document.path, folder.info.path))
+            if column == 1:
+                return str(document.chunk_count or "")
+            return self._label(document)
+        if role == Qt.ItemDataRole.ToolTipRole:
+            if column == 2:
+                indexed = document.indexed_at
+                when = time.strftime(" · indexed %Y-%m-%d %H:%M", time.localtime(indexed)) if indexed else ""
+                return self._label(document) + when
+            return display_path(document.path)
+        if role == Qt.ItemDataRole.ForegroundRole and column == 2:
+            return STATE_COLOURS.get(document.state)
+        if role == Qt.ItemDataRole.TextAlignmentRole and column == 1:
+            return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
+        if role == PATH_ROLE:
+            return str(document.path)
+        return None
+
+    def folder_summary(self, row: int) -> str:
+        return self._folders[row].summary()
+
+    def document_count(self) -> int:
+        return len(self._where)
+
+    # updates -------------------------------------------------------------------------------
+
+    def reset(self, folders: Sequence[FolderInfo], documents: Iterable[Document], problems: Sequence[Problem]) -> None:
+        self.beginResetModel()
+        self._folders = [_Folder(info) for info in sorted(folders, key=lambda f: str(f.path))]
+        self._by_id = {f.info.id: f for f in self._folders}
+        self._where = {}
+        for document in sorted(documents, key=lambda d: str(d.path)):
+            folder = self._by_id.get(document.folder_id)
+            if folder is None:
+                continue
+            folder.keys.append(str(document.path))
+            folder.documents.append(document)
+            folder.counts[document.state] += 1
+            self._where[document.path] = folder.info.id
+        self._assign_problems(problems)
+        self.endResetModel()
+
+    def _assign_problems(self, problems: Sequence[Problem]) -> None:
+        for folder in self._folders:
+            folder.problems = [p for p in problems if p.folder_id == folder.info.id]
+        self.library_problems = [p for p in problems if p.folder_id == LIBRARY_WIDE]
+
+    def _folder_changed(self, folder: _Folder) -> None:
+        row = self._row_of(folder)
+        self.dataChanged.emit(self.index(row, 0), self.index(row, len(COLUMNS) - 1))
+
+    def set_folders(self, folders: Sequence[FolderInfo]) -> None:
+        wanted = {f.id: f for f in folders}
+        for folder in [f for f in self._folders if f.info.id not in wanted]:
+            row = self._row_of(folder)
+            self.beginRemoveRows(QModelIndex(), row, row)
+            del self._folders[row]
+            del self._by_id[folder.info.id]
+            for key in folder.keys:
+                self._where.pop(Path(key), None)
+            self.endRemoveRows()
+        for info in sorted(folders, key=lambda f: str(f.path)):
+            existing = self._by_id.get(info.id)
+            if existing is not None:
+                if existing.info != info:
+                    existing.info = info
+                    self._folder_changed(existing)
+                continue
+            row = bisect.bisect([f.path for f in self._folders], str(info.path))
+            self.beginInsertRows(QModelIndex(), row, row)
+            folder = _Folder(info)
+            self._folders.insert(row, folder)
+            self._by_id[info.id] = folder
+            self.endInsertRows()
+
+    def set_problems(self, problems: Sequence[Problem]) -> None:
+        for folder in self._folders:
+            wanted = [p for p in problems if p.folder_id == folder.info.id]
+            if wanted == folder.problems:
+                continue
+            parent = self.index(self._row_of(folder), 0)
+            if folder.problems:
+                self.beginRemoveRows(parent, 0, len(folder.problems) - 1)
+                folder.problems = []
+                self.endRemoveRows()
+            if wanted:
+                self.beginInsertRows(parent, 0, len(wanted) - 1)
+                folder.problems = wanted
+                self.endInsertRows()
+        self.library_problems = [p for p in problems if p.folder_id == LIBRARY_WIDE]
+
+    def update_documents(self, documents: Iterable[Document]) -> None:
+        """New rows go in sorted runs (one insert per run); known rows change in place."""
+        additions: dict[int, list[Document]] = {}
+        for document in documents:
+            folder = self._by_id.get(document.folder_id)
+            if folder is None:
+                continue
+            owner = self._where.get(document.path)
+            if owner is not None and owner != folder.info.id:
+                self.remove_documents([document.path])
+                owner = None
+            if owner is None:
+                additions.setdefault(folder.info.id, []).append(document)
+                continue
+            key = str(document.path)
+            position = bisect.bisect_left(folder.keys, key)
+            old = folder.documents[position]
+            folder.documents[position] = document
+            if old.state != document.state:
+                folder.counts[old.state] -= 1
+                folder.counts[document.state] += 1
+                self._folder_changed(folder)
+            parent = self.index(self._row_of(folder), 0)
+            row = len(folder.problems) + position
+            self.dataChanged.emit(self.index(row, 0, parent), self.index(row, len(COLUMNS) - 1, parent))
+        for folder_id, new in additions.items():
+            self._insert(self._by_id[folder_id], new)
+
+    def _insert(self, folder: _Folder, new: list[Document]) -> None:
+        unique = {str(d.path): d for d in new}
+        parent = self.index(self._row_of(folder), 0)
+        offset = len(folder.problems)
+        if len(unique) <= 32:  # a few files (the watcher): one bisect each
+            for key in sorted(unique):
+                position = bisect.bisect_left(folder.keys, key)
+                self._insert_run(folder, parent, offset, position, [key], unique)
+        else:  # a scan: merge once, then one insert per run of adjacent new rows
+            existing = set(folder.keys)
+            merged = sorted(existing | set(unique))
+            positions = [i for i, key in enumerate(merged) if key not in existing]
+            for start, end in _runs(positions):
+                self._insert_run(folder, parent, offset, start, merged[start : end + 1], unique)
+        self._folder_changed(folder)
+
+    def _insert_run(
+        self, folder: _Folder, parent: QModelIndex, offset: int, start: int, keys: list[str], new: dict[str, Document]
+    ) -> None:
+        self.beginInsertRows(parent, offset + start, offset + start + len(keys) - 1)
+        folder.keys[start:start] = keys
+        folder.documents[start:start] = [new[k] for k in keys]
+        for key in keys:
+            document = new[key]
+            folder.counts[document.state] += 1
+            self._where[document.path] = folder.info.id
+        self.endInsertRows()
+
+    def remove_documents(self, paths: Iterable[Path]) -> None:
+        by_folder: dict[int, list[str]] = {}
+        for path in paths:
+            folder_id = self._where.get(path)
+            if folder_id is not None:
+                by_folder.setdefault(folder_id, []).append(str(path))
+        for folder_id, keys in by_folder.items():
+            folder = self._by_id[folder_id]
+            positions = sorted(bisect.bisect_left(folder.keys, key) for key in keys)
+            parent = self.index(self._row_of(folder), 0)
+            offset = len(folder.problems)
+            for start, end in reversed(_runs(positions)):
+                self.beginRemoveRows(parent, offset + start, offset + end)
+                for document in folder.documents[start : end + 1]:
+                    folder.counts[document.state] -= 1
+                    self._where.pop(document.path, None)
+                del folder.keys[start : end + 1]
+                del folder.documents[start : end + 1]
+                self.endRemoveRows()
+            self._folder_changed(folder)
+
+
+def _runs(positions: list[int]) -> list[tuple[int, int]]:
+    """[1, 2, 3, 7, 8] -> [(1, 3), (7, 8)]."""
+    runs: list[tuple[int, int]] = []
+    for position in positions:
+        if runs and runs[-1][1] == position - 1:
+            runs[-1] = (runs[-1][0], position)
+        else:
+            runs.append((position, position))
+    return runs
