@@ -77,6 +77,12 @@ DEFAULT_MAX_FILE_MB = 50
 GITIGNORE_MAX_BYTES = 256 * 1024
 
 
+def _matches(name: str, pattern: str) -> bool:
+    """A name against a glob, ignoring case on every platform (`README*` finds `readme.md`,
+    `*.PDF` finds `report.pdf`), as the file managers people type patterns for do."""
+    return fnmatch.fnmatchcase(name.lower(), pattern.lower())
+
+
 @dataclass
 class FolderFilter:
     """Decides for one watched folder; patterns match a file or directory *name*."""
@@ -89,7 +95,7 @@ class FolderFilter:
     problems: dict[Path, str] = field(default_factory=dict)  # .gitignore path -> what is wrong with it
 
     def _excluded_name(self, name: str) -> bool:
-        return any(fnmatch.fnmatch(name, pattern) for pattern in self.exclude)
+        return any(_matches(name, pattern) for pattern in self.exclude)
 
     def _gitignore(self, directory: Path) -> pathspec.PathSpec | None:
         if directory not in self._gitignores:
@@ -161,7 +167,7 @@ class FolderFilter:
             return False
         if any(self._excluded_name(part) for part in relative.parts[:-1]):
             return False
-        if self._excluded_name(path.name) or not any(fnmatch.fnmatch(path.name.lower(), p) for p in self.include):
+        if self._excluded_name(path.name) or not any(_matches(path.name, p) for p in self.include):
             return False
         return not any(
             self._gitignored(self.root / p, is_dir=True) for p in list(relative.parents)[:-1]

@@ -63,6 +63,7 @@ class FolderWatcher:
         self._watches: dict[Path, object] = {}
         self._pending: dict[tuple[str, Path], tuple[Change, float]] = {}
         self._lock = threading.Lock()
+        self._changed = threading.Condition(self._lock)
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="dolphin-watch-debounce", daemon=True)
         self.errors: dict[Path, str] = {}
@@ -73,6 +74,8 @@ class FolderWatcher:
 
     def stop(self) -> None:
         self._stop.set()
+        with self._changed:
+            self._changed.notify()
         self._observer.unschedule_all()
         self._watches.clear()
         self._observer.stop()
@@ -100,13 +103,23 @@ class FolderWatcher:
                 pass
 
     def _push(self, change: Change) -> None:
-        with self._lock:
+        with self._changed:
             self._pending[(change.kind, change.path)] = (change, time.monotonic())
+            self._changed.notify()
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self._debounce_s / 4):
-            now = time.monotonic()
-            with self._lock:
+        """Sleeps until an event comes (no polling while nothing happens), then until the
+        oldest pending path has been quiet for the debounce time."""
+        while not self._stop.is_set():
+            with self._changed:
+                if not self._pending:
+                    self._changed.wait()
+                    continue
+                now = time.monotonic()
+                due = min(t for _, t in self._pending.values()) + self._debounce_s
+                if due > now:
+                    self._changed.wait(due - now)
+                    continue
                 ready = [k for k, (_, t) in self._pending.items() if now - t >= self._debounce_s]
                 changes = [self._pending.pop(k)[0] for k in ready]
             for change in changes:
