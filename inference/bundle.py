@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -44,50 +44,162 @@ class StackInfo:
 
 
 @dataclass(frozen=True)
+class EncoderInfo:
+    stack: StackInfo
+    max_context_tokens: int  # the most text tokens one memory may stand for
+    identity: str  # names the encoder's exact weights and export: memories are valid only for it
+
+
+@dataclass(frozen=True)
+class DecoderInfo:
+    stack: StackInfo
+    vocab_size: int
+    max_positions: int
+
+
+@dataclass(frozen=True)
+class TokenizerInfo:
+    eos_token_id: int
+    memory_token_ids: list[int]
+
+
+@dataclass(frozen=True)
+class SourceInfo:
+    id: str
+    sha256: str
+    path: str
+
+
+BUNDLE_PATHS = {
+    "tokenizer": "tokenizer.json",
+    "encoder": "encoder/model.onnx",
+    "projector": "projector.onnx",
+    "decoder": "decoder/model.onnx",
+    "embeddings": "embeddings.npy",
+}
+
+
+@dataclass(frozen=True)
+class BundleManifest:
+    """manifest.json, typed: the converter writes one, the runtime reads one (`load_manifest`)."""
+
+    memory_size: int
+    precision: str
+    provider: str
+    source: SourceInfo
+    tokenizer: TokenizerInfo
+    encoder: EncoderInfo
+    decoder: DecoderInfo
+    embeddings_dtype: str
+    created: str = ""
+    converter: dict[str, Any] = field(default_factory=dict)
+    paths: dict[str, str] = field(default_factory=lambda: dict(BUNDLE_PATHS))
+    files: dict[str, dict[str, Any]] = field(default_factory=dict)
+    format_version: int = FORMAT_VERSION
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "format_version": self.format_version,
+            "kind": "dolphin-desk-model-bundle",
+            "created": self.created,
+            "memory_size": self.memory_size,
+            "precision": self.precision,
+            "provider": self.provider,
+            "source": asdict(self.source),
+            "converter": self.converter,
+            "tokenizer": asdict(self.tokenizer),
+            "encoder": asdict(self.encoder),
+            "decoder": asdict(self.decoder),
+            "embeddings": {"dtype": self.embeddings_dtype},
+            "paths": self.paths,
+            "files": self.files,
+        }
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any]) -> BundleManifest:
+        """Raises KeyError, TypeError or ValueError for a manifest that lacks or mistypes a field."""
+        encoder, decoder = data["encoder"], data["decoder"]
+        return cls(
+            memory_size=int(data["memory_size"]),
+            precision=str(data["precision"]),
+            provider=str(data["provider"]),
+            source=SourceInfo(**data["source"]),
+            tokenizer=TokenizerInfo(
+                int(data["tokenizer"]["eos_token_id"]), [int(i) for i in data["tokenizer"]["memory_token_ids"]]
+            ),
+            encoder=EncoderInfo(
+                StackInfo(**encoder["stack"]), int(encoder["max_context_tokens"]), str(encoder["identity"])
+            ),
+            decoder=DecoderInfo(
+                StackInfo(**decoder["stack"]), int(decoder["vocab_size"]), int(decoder["max_positions"])
+            ),
+            embeddings_dtype=str(data["embeddings"]["dtype"]),
+            created=str(data.get("created", "")),
+            converter=dict(data.get("converter", {})),
+            paths={key: str(data["paths"][key]) for key in BUNDLE_PATHS},
+            files=dict(data.get("files", {})),
+            format_version=int(data["format_version"]),
+        )
+
+    def write(self, root: Path) -> None:
+        (Path(root) / MANIFEST_NAME).write_text(json.dumps(self.to_json(), indent=2), encoding="utf-8")
+
+
+@dataclass(frozen=True)
 class Manifest:
+    """A loaded bundle: where it is and what its manifest says."""
+
     root: Path
-    data: dict[str, Any]
+    content: BundleManifest
 
     @property
     def memory_size(self) -> int:
-        return int(self.data["memory_size"])
+        return self.content.memory_size
 
     @property
     def encoder(self) -> StackInfo:
-        return StackInfo(**self.data["encoder"]["stack"])
+        return self.content.encoder.stack
 
     @property
     def decoder(self) -> StackInfo:
-        return StackInfo(**self.data["decoder"]["stack"])
+        return self.content.decoder.stack
 
     @property
     def max_context_tokens(self) -> int:
         """The most text tokens one memory may stand for; longer contexts are truncated."""
-        return int(self.data["encoder"]["max_context_tokens"])
+        return self.content.encoder.max_context_tokens
+
+    @property
+    def max_positions(self) -> int:
+        return self.content.decoder.max_positions
 
     @property
     def eos_token_id(self) -> int:
-        return int(self.data["tokenizer"]["eos_token_id"])
+        return self.content.tokenizer.eos_token_id
 
     @property
     def memory_token_ids(self) -> list[int]:
-        return [int(i) for i in self.data["tokenizer"]["memory_token_ids"]]
+        return list(self.content.tokenizer.memory_token_ids)
 
     @property
     def provider(self) -> str:
-        return str(self.data["provider"])
+        return self.content.provider
 
     @property
     def precision(self) -> str:
-        return str(self.data["precision"])
+        return self.content.precision
+
+    @property
+    def embeddings_dtype(self) -> str:
+        return self.content.embeddings_dtype
 
     @property
     def encoder_identity(self) -> str:
         """Names the encoder's exact weights and export: memories are only valid for this value."""
-        return str(self.data["encoder"]["identity"])
+        return self.content.encoder.identity
 
     def path(self, key: str) -> Path:
-        return self.root / self.data["paths"][key]
+        return self.root / self.content.paths[key]
 
 
 def file_digest(path: Path) -> str:
@@ -140,9 +252,7 @@ def load_manifest(root: Path, verify_hashes: bool = False) -> Manifest:
         if verify_hashes and file_digest(path) != expected["sha256"]:
             raise BundleError(f"bundle file {rel_path} is corrupt: its checksum does not match")
     try:
-        manifest = Manifest(root, data)
-        _ = (manifest.encoder, manifest.decoder, manifest.memory_size, manifest.eos_token_id, manifest.memory_token_ids)
-        _ = [manifest.path(k) for k in ("tokenizer", "encoder", "projector", "decoder", "embeddings")]
+        manifest = Manifest(root, BundleManifest.from_json(data))
     except (KeyError, TypeError, ValueError) as exc:
         raise BundleError(f"{manifest_path} is incomplete (missing {exc}): convert the model again") from None
     return manifest

@@ -130,7 +130,7 @@ class DolphinModel:
         self.provider = choose_provider(provider, manifest.provider)
         self.threads = threads or default_threads()
         self.tokenizer = DolphinTokenizer(manifest.path("tokenizer"))
-        self.embeddings = EmbeddingTable(manifest.path("embeddings"), manifest.data["embeddings"]["dtype"])
+        self.embeddings = EmbeddingTable(manifest.path("embeddings"), manifest.embeddings_dtype)
         self.encoder = MemoryEncoder(
             manifest,
             create_session(str(manifest.path("encoder")), self.provider, self.threads),
@@ -141,7 +141,7 @@ class DolphinModel:
             self.provider,
             manifest.decoder.head_size,
         )
-        self.max_positions = int(manifest.data["decoder"]["max_positions"])
+        self.max_positions = manifest.max_positions
         self._lock = threading.Lock()
         if self.embeddings.shape[1] != manifest.decoder.hidden_size:
             raise BundleError("embeddings.npy does not match the decoder's width: convert the model again")

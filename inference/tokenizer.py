@@ -14,6 +14,9 @@ from pathlib import Path
 from tokenizers import Tokenizer
 
 CONTEXT_MARKER = "<context>"
+MEMORY_SIZE = 32  # vectors per memory: the reference appends this many [memory_i] tokens
+MEMORY_TOKENS = [f"[memory_{i}]" for i in range(MEMORY_SIZE)]
+END_OF_TEXT = "<|endoftext|>"
 
 
 @dataclass(frozen=True)

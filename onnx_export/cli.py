@@ -6,6 +6,8 @@ import argparse
 import sys
 from pathlib import Path
 
+from inference.bundle import PROVIDERS
+
 CONVERTER_MISSING = (
     "converting needs the converter's packages (torch, transformers, onnx, onnxruntime-genai): "
     "run  pip install torch==2.13.0 -e '.[convert]'  in the app's environment"
@@ -17,7 +19,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("out", type=Path, help="the bundle folder to write")
     parser.add_argument("--precision", choices=["int4", "fp16", "fp32"], default="int4")
     parser.add_argument("--encoder-precision", choices=["int4", "fp16", "fp32"], help="default: --precision")
-    parser.add_argument("--provider", choices=["auto", "cpu", "dml", "cuda"], default="auto")
+    parser.add_argument("--provider", choices=PROVIDERS, default="auto")
     parser.add_argument("--max-context-tokens", type=int, default=2048, help="text tokens one memory may hold")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
 

@@ -26,10 +26,19 @@ from onnx import TensorProto, helper, numpy_helper
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from inference.bundle import FORMAT_VERSION, MANIFEST_NAME, describe_files
+from inference.bundle import (
+    BUNDLE_PATHS,
+    BundleManifest,
+    DecoderInfo,
+    EncoderInfo,
+    SourceInfo,
+    StackInfo,
+    TokenizerInfo,
+    describe_files,
+)
+from inference.tokenizer import END_OF_TEXT, MEMORY_TOKENS
 from onnx_export.checkpoint import ENCODER_PREFIX, PROJECTOR_PREFIX, DolphinCheckpoint, open_checkpoint
 from onnx_export.quantize import quantize_int4
-from onnx_export.random_checkpoint import MEMORY_TOKENS
 
 PRECISIONS = ("int4", "fp16", "fp32")
 PROVIDERS = ("cpu", "dml", "cuda")
@@ -264,7 +273,7 @@ def convert(
         log.unlink(missing_ok=True)
         progress("fingerprinting the source and writing the manifest")
         manifest = _manifest(checkpoint, staging, precision, encoder_precision, provider, max_context_tokens, split)
-        (staging / MANIFEST_NAME).write_text(json.dumps(manifest, indent=2))
+        manifest.write(staging)
         if out.exists():
             shutil.rmtree(out)
         staging.rename(out)
@@ -301,7 +310,7 @@ def _manifest(
     provider: str,
     max_context_tokens: int,
     split: dict,
-) -> dict:
+) -> BundleManifest:
     import onnxruntime_genai
     from tokenizers import Tokenizer
 
@@ -309,44 +318,36 @@ def _manifest(
     memory_ids = [tokenizer.token_to_id(t) for t in MEMORY_TOKENS]
     if None in memory_ids:
         raise ConversionError("the checkpoint's tokenizer lacks the [memory_i] tokens: not a Dolphin tokenizer")
-    eos_id = checkpoint.config.get("eos_token_id", tokenizer.token_to_id("<|endoftext|>"))
+    eos_id = checkpoint.config.get("eos_token_id", tokenizer.token_to_id(END_OF_TEXT))
     enc_config = checkpoint.encoder_config
     encoder_positions = int(enc_config["max_position_embeddings"]) - len(MEMORY_TOKENS)
     fingerprint = checkpoint.fingerprint()
     files = describe_files(bundle)
-    return {
-        "format_version": FORMAT_VERSION,
-        "kind": "dolphin-desk-model-bundle",
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "memory_size": len(MEMORY_TOKENS),
-        "precision": precision,
-        "provider": provider,
-        "source": {"id": checkpoint.source_id, "sha256": fingerprint, "path": str(checkpoint.root)},
-        "converter": {
+    encoder_file, decoder_file = BUNDLE_PATHS["encoder"], BUNDLE_PATHS["decoder"]
+    return BundleManifest(
+        memory_size=len(MEMORY_TOKENS),
+        precision=precision,
+        provider=provider,
+        source=SourceInfo(checkpoint.source_id, fingerprint, str(checkpoint.root)),
+        tokenizer=TokenizerInfo(int(eos_id), [int(i) for i in memory_ids]),
+        encoder=EncoderInfo(
+            StackInfo(file=encoder_file, precision=encoder_precision, **_stack_dims(enc_config)),
+            min(max_context_tokens, encoder_positions),
+            f"{fingerprint[:16]}-{encoder_precision}-{files[encoder_file]['sha256'][:16]}",
+        ),
+        decoder=DecoderInfo(
+            StackInfo(file=decoder_file, precision=precision, **_stack_dims(checkpoint.config)),
+            int(checkpoint.config["vocab_size"]),
+            int(checkpoint.config["max_position_embeddings"]),
+        ),
+        embeddings_dtype=split["embedding_dtype"],
+        created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        converter={
             "onnxruntime_genai": onnxruntime_genai.__version__,
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "rope_tables": "bf16-rounded, as the reference runs them",
             "peak_rss_mb": _peak_rss_mb(),
         },
-        "tokenizer": {"eos_token_id": int(eos_id), "memory_token_ids": memory_ids},
-        "encoder": {
-            "stack": {"file": "encoder/model.onnx", "precision": encoder_precision, **_stack_dims(enc_config)},
-            "max_context_tokens": min(max_context_tokens, encoder_positions),
-            "identity": f"{fingerprint[:16]}-{encoder_precision}-{files['encoder/model.onnx']['sha256'][:16]}",
-        },
-        "decoder": {
-            "stack": {"file": "decoder/model.onnx", "precision": precision, **_stack_dims(checkpoint.config)},
-            "vocab_size": checkpoint.config["vocab_size"],
-            "max_positions": checkpoint.config["max_position_embeddings"],
-        },
-        "embeddings": {"dtype": split["embedding_dtype"]},
-        "paths": {
-            "tokenizer": "tokenizer.json",
-            "encoder": "encoder/model.onnx",
-            "projector": "projector.onnx",
-            "decoder": "decoder/model.onnx",
-            "embeddings": "embeddings.npy",
-        },
-        "files": files,
-    }
+        files=files,
+    )

@@ -47,3 +47,18 @@ def test_only_the_ui_package_names_pyside6() -> None:
                 if any(n.split(".")[0] == "PySide6" for n in names):
                     offenders.append(str(path.relative_to(ROOT)))
     assert offenders == []
+
+
+def test_the_manifest_is_written_and_read_by_one_type(fp32_bundle) -> None:
+    """The converter writes a BundleManifest; the runtime reads the same type back, field by field."""
+    import json
+
+    from inference.bundle import MANIFEST_NAME, BundleManifest, load_manifest
+    from inference.tokenizer import MEMORY_TOKENS
+
+    data = json.loads((fp32_bundle / MANIFEST_NAME).read_text())
+    typed = BundleManifest.from_json(data)
+    assert typed.to_json() == data
+    manifest = load_manifest(fp32_bundle)
+    assert manifest.content == typed
+    assert manifest.memory_size == len(MEMORY_TOKENS) == len(manifest.memory_token_ids)
