@@ -180,6 +180,7 @@ class _ProgressLine:
 
 
 def cmd_index(args: argparse.Namespace) -> int:
+    from app.library.states import DocumentState
     from app.library.store import StoreError
 
     progress = _ProgressLine()
@@ -195,7 +196,8 @@ def cmd_index(args: argparse.Namespace) -> int:
         progress.finish()
         counts = library.store.count_states()
         print(
-            f"{counts['ready']} ready, {counts['failed']} failed, {counts['skipped']} skipped; "
+            f"{counts[DocumentState.READY]} ready, {counts[DocumentState.FAILED]} failed, "
+            f"{counts[DocumentState.SKIPPED]} skipped; "
             f"{library.indexer.encoded} chunks encoded, {library.indexer.reused} reused"
         )
     finally:

@@ -74,6 +74,7 @@ def run_self_test(bundle: Path, write: Callable[[str], None] = print, window: bo
 
     def read_in_child() -> str:
         from app.library.extractor import Extractor
+        from app.library.states import DocumentState
         from inference.bundle import load_manifest
 
         with tempfile.TemporaryDirectory(prefix="dolphin-desk-self-test-") as folder:
@@ -87,7 +88,7 @@ def run_self_test(bundle: Path, write: Callable[[str], None] = print, window: bo
             finally:
                 extractor.close()
         for result in results:
-            if result.state != "ok" or not result.chunks:
+            if result.state is not DocumentState.READY or not result.chunks:
                 raise RuntimeError(f"the extraction child failed: {result.state}: {result.reason}")
         pages = results[1].chunks[0].page
         return f"text and PDF (page {pages}) read and chunked in a child process"

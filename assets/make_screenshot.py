@@ -68,7 +68,6 @@ def main() -> None:
     window._load_conversations(select=window.conversation_id)
     window.ask("How long was Jonah inside the great fish?")
     wait_until(lambda: window.worker is None)
-    window.folders.tree.expandAll()
     wait_until(lambda: False, timeout_s=1.5)
     window.grab().save(str(args.out))
     print(args.out)

@@ -24,7 +24,7 @@ from PySide6.QtCore import QObject, Signal
 from PySide6.QtWidgets import QApplication
 
 from app.library.events import DocumentsChanged, FolderInfo, IndexProgress, ProblemsChanged, Snapshot
-from app.library.states import DocumentState
+from app.library.states import DocumentState, IndexerState
 from app.library.store import Document, Problem
 from app.ui.main import create_window
 
@@ -88,7 +88,7 @@ def drive(data_dir: Path, rounds: int = 120) -> dict[str, object]:
         settle()
         done += 50 + 1
         for step in range(10):
-            window._on_progress(IndexProgress("indexing", step, 50, step, 10, "/books/a.txt", 1.5, step, 0))
+            window._on_progress(IndexProgress(IndexerState.INDEXING, step, 50, step, 10, "/books/a.txt", 1.5, step, 0))
             done += 1
         window._on_model_state("ready", f"bundle · int4 · CPU · {round_}")
         view = window.chat.begin_answer()
@@ -102,7 +102,7 @@ def drive(data_dir: Path, rounds: int = 120) -> dict[str, object]:
         return done + 3
 
     controller.pump.expect_snapshot()
-    progress = IndexProgress("idle", 50, 50, 0, 0, None, 0.0, 0, 0)
+    progress = IndexProgress(IndexerState.IDLE, 50, 50, 0, 0, None, 0.0, 0, 0)
     controller.pump.post(Snapshot(_folders(data_dir), tuple(_documents(0, data_dir)), _problems(0), progress))
     settle()
     one_round(0)  # warm caches (fonts, style) before measuring
@@ -114,7 +114,7 @@ def drive(data_dir: Path, rounds: int = 120) -> dict[str, object]:
     progress = _emit_from_thread(
         3000,
         controller.index_progress.emit,
-        lambda i: IndexProgress("indexing", i % 50, 50, i % 10, 10, "/books/b.txt", 2.0, i, 0),
+        lambda i: IndexProgress(IndexerState.INDEXING, i % 50, 50, i % 10, 10, "/books/b.txt", 2.0, i, 0),
     )
     pieces = _Pieces()
     pieces.piece.connect(window.chat.append_piece)

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from app.library.events import DocumentsChanged, DocumentsRemoved, FolderInfo, IndexProgress, ProblemsChanged, Snapshot
-from app.library.states import DocumentState
+from app.library.states import DocumentState, IndexerState
 from app.library.store import Document, Problem
 from app.settings import SCHEMA, NewerSettingsError, Settings, load_settings, save_settings, spec
 from app.ui.dialogs import SettingsDialog
@@ -69,7 +69,7 @@ def test_the_model_changes_rows_in_place_and_inserts_in_runs(qtbot) -> None:
 
 
 def _progress() -> IndexProgress:
-    return IndexProgress("idle", 0, 0, 0, 0, None, 0.0, 0, 0)
+    return IndexProgress(IndexerState.IDLE, 0, 0, 0, 0, None, 0.0, 0, 0)
 
 
 def test_the_settings_dialog_takes_its_limits_from_the_schema(qtbot) -> None:

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from app.library.states import DocumentState
+from app.library.states import DocumentState, IndexerState
 from app.library.store import Document, Folder, Problem
 
 
@@ -37,7 +37,7 @@ class IndexProgress:
     work: chunks encoded or reused since the queue was last empty, out of the chunks of the
     documents read so far."""
 
-    state: str  # indexing | idle | paused | error | stopped
+    state: IndexerState
     documents_done: int
     documents_total: int
     chunks_done: int

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from app.library.chunking import DEFAULT_CHUNK_TOKENS, Chunk, chunk_segments
 from app.library.extract import ExtractionFailed, NothingToIndex, Segment, extract
+from app.library.states import DocumentState
 
 DEFAULT_TIMEOUT_S = 60.0
 DEFAULT_MEMORY_LIMIT_MB = 2048
@@ -37,7 +38,7 @@ log = logging.getLogger("dolphin.extract")
 
 @dataclass(frozen=True)
 class ExtractResult:
-    state: str = "ok"  # ok | failed | skipped
+    state: DocumentState = DocumentState.READY  # READY: read and chunked; else FAILED or SKIPPED
     reason: str | None = None
     chunks: list[Chunk] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)  # caveats shown with a ready document
@@ -113,25 +114,26 @@ def read_document(path: Path, counter: _WordCounter | _TokenizerCounter, chunk_t
     _, chunks = chunk_segments(segments, counter.count, chunk_tokens)
     if not chunks:
         raise NothingToIndex("no text")
-    return ExtractResult("ok", None, chunks, notes)
+    return ExtractResult(DocumentState.READY, None, chunks, notes)
 
 
-def _describe(exc: BaseException, memory_limit_mb: int) -> tuple[str, str]:
+def _describe(exc: BaseException, memory_limit_mb: int) -> tuple[DocumentState, str]:
+    failed = DocumentState.FAILED
     if isinstance(exc, NothingToIndex):
-        return "skipped", str(exc)
+        return DocumentState.SKIPPED, str(exc)
     if isinstance(exc, ExtractionFailed):
-        return "failed", str(exc)
+        return failed, str(exc)
     if isinstance(exc, MemoryError):
-        return "failed", f"needs more than {memory_limit_mb} MB to read"
+        return failed, f"needs more than {memory_limit_mb} MB to read"
     if isinstance(exc, PermissionError):
-        return "failed", "permission denied"
+        return failed, "permission denied"
     if isinstance(exc, FileNotFoundError):
-        return "failed", "the file disappeared while it was being read"
+        return failed, "the file disappeared while it was being read"
     if isinstance(exc, RecursionError):
-        return "failed", "cannot parse: nested too deeply"
+        return failed, "cannot parse: nested too deeply"
     if isinstance(exc, OSError):
-        return "failed", f"cannot read: {exc.strerror or exc}"
-    return "failed", f"cannot parse: {type(exc).__name__}: {str(exc)[:160]}"
+        return failed, f"cannot read: {exc.strerror or exc}"
+    return failed, f"cannot parse: {type(exc).__name__}: {str(exc)[:160]}"
 
 
 def _serve(connection: multiprocessing.connection.Connection, memory_limit_mb: int, tokenizer: str | None) -> None:
@@ -169,7 +171,7 @@ def _serve(connection: multiprocessing.connection.Connection, memory_limit_mb: i
         try:
             payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         except MemoryError:
-            result = ExtractResult("failed", f"needs more than {memory_limit_mb} MB to read")
+            result = ExtractResult(DocumentState.FAILED, f"needs more than {memory_limit_mb} MB to read")
             payload = pickle.dumps(result, protocol=pickle.HIGHEST_PROTOCOL)
         try:
             connection.send_bytes(payload)
@@ -218,8 +220,11 @@ class Extractor:
         if self._process is not None:
             if self._connection is not None:
                 self._connection.close()
-            self._process.kill()
-            self._process.join(5)
+            try:
+                self._process.kill()
+                self._process.join(5)
+            except (AttributeError, OSError, ValueError):
+                pass  # it never started (a failed spawn), or is already gone
         self._process = self._connection = None
 
     def _kill_child(self) -> None:
@@ -259,4 +264,4 @@ class Extractor:
             else:
                 reason = "the reader crashed on this file (it may be corrupt or too large)"
         self._close()
-        return ExtractResult("failed", reason, seconds=time.perf_counter() - started)
+        return ExtractResult(DocumentState.FAILED, reason, seconds=time.perf_counter() - started)

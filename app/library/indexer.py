@@ -45,7 +45,7 @@ from app.library.events import (
 )
 from app.library.extractor import Extractor
 from app.library.filters import FolderFilter
-from app.library.states import FINAL_STATES, DocumentState
+from app.library.states import FINAL_STATES, DocumentState, IndexerState
 from app.library.store import LIBRARY_WIDE, ChunkRecord, Document, Store, StoreError, display_path
 from app.logs import describe_exception
 from inference.bundle import file_digest
@@ -53,6 +53,7 @@ from inference.bundle import file_digest
 PRIORITY_CHANGED = 0
 PRIORITY_SCAN = 1
 STABLE_FOR_S = 1.0  # a file whose size and mtime held this long is not being written
+UNTOUCHED_S = 10.0  # a file modified longer ago than this (and not in the future) is not being written
 UNSETTLED_RETRY_S = 5.0  # a file still being written is looked at again after this
 UNSETTLED_GIVE_UP_S = 60.0  # ... and read as it is once it has kept changing this long (a live log)
 PROGRESS_EVERY_S = 0.1  # progress events at most ten a second
@@ -110,7 +111,9 @@ class Indexer:
         self._retry_at: dict[int, float] = {}
         self._moving_since: dict[Path, float] = {}
         self._given_up: set[int] = set()  # documents whose failure could not even be recorded
-        self._states: dict[Path, DocumentState] = {}
+        # Every document's state, by path string (strings, not Path objects: 20,000 of those
+        # would make every full garbage collection, and so every stall it causes, longer).
+        self._states: dict[str, DocumentState] = {}
         self._counts: Counter[DocumentState] = Counter()
         self._garbage = True  # memories may be unreferenced: collect at the next idle moment
         self.encoded = 0
@@ -120,7 +123,7 @@ class Indexer:
         self._current: str | None = None
         self._rate_window: list[float] = []
         self._last_progress = 0.0
-        self._progress_state = ""
+        self._progress_state: IndexerState | None = None
         self.last_error: str | None = None
         self.failure: str | None = None  # why the thread died, until it is started again
 
@@ -265,17 +268,17 @@ class Indexer:
             self._count(document.path, document.state)
         if documents:
             self.hub.emit(DocumentsChanged(tuple(documents)))
-            self._progress(self._progress_state or "indexing")
+            self._progress(self._progress_state or IndexerState.INDEXING)
         return documents
 
     def note_removed(self, paths: Iterable[Path]) -> None:
-        gone = [p for p in paths if p in self._states]
+        gone = [p for p in paths if os.fspath(p) in self._states]
         for path in gone:
-            self._counts[self._states.pop(path)] -= 1
+            self._counts[self._states.pop(os.fspath(path))] -= 1
         if gone:
             self._garbage = True
             self.hub.emit(DocumentsRemoved(tuple(gone)))
-            self._progress(self._progress_state or "indexing")
+            self._progress(self._progress_state or IndexerState.INDEXING)
 
     def note_folders(self) -> None:
         self.hub.emit(FoldersChanged(tuple(FolderInfo.of(f) for f in self._store.folders())))
@@ -284,24 +287,25 @@ class Indexer:
         self.hub.emit(ProblemsChanged(tuple(self._store.problems())))
 
     def _count(self, path: Path, state: DocumentState) -> None:
-        old = self._states.get(path)
+        key = os.fspath(path)
+        old = self._states.get(key)
         if old is not None:
             self._counts[old] -= 1
-        self._states[path] = state
+        self._states[key] = state
         self._counts[state] += 1
 
     @property
     def counts(self) -> dict[DocumentState, int]:
         return {state: self._counts.get(state, 0) for state in DocumentState}
 
-    def progress(self, state: str | None = None) -> IndexProgress:
+    def progress(self, state: IndexerState | None = None) -> IndexProgress:
         now = time.monotonic()
         self._rate_window = [t for t in self._rate_window if now - t < 10]
         span = (now - self._rate_window[0]) if len(self._rate_window) > 1 else 0
         rate = (len(self._rate_window) - 1) / span if span > 0 else 0.0
         counts = self.counts
         return IndexProgress(
-            state or self._progress_state or "idle",
+            state or self._progress_state or IndexerState.IDLE,
             sum(counts[s] for s in FINAL_STATES),
             sum(counts.values()),
             self._chunks_done,
@@ -313,7 +317,7 @@ class Indexer:
             counts,
         )
 
-    def _progress(self, state: str, every_chunk: bool = False) -> None:
+    def _progress(self, state: IndexerState, every_chunk: bool = False) -> None:
         """A progress event; per-chunk ones at most ten a second."""
         now = time.monotonic()
         if every_chunk and now - self._last_progress < PROGRESS_EVERY_S and state == self._progress_state:
@@ -343,7 +347,7 @@ class Indexer:
             self.hub.emit(IndexerStopped(self.failure))
 
     def _load_states(self) -> None:
-        self._states = {d.path: d.state for d in self._store.documents()}
+        self._states = {os.fspath(d.path): d.state for d in self._store.documents()}
         self._counts = Counter(self._states.values())
 
     def _next_document(self) -> Document | None:
@@ -362,8 +366,8 @@ class Indexer:
             if self._stop.is_set():
                 return
             if not self._indexing or self._held():
-                if self._indexing and self._paused and self._progress_state != "paused":
-                    self._progress("paused")
+                if self._indexing and self._paused and self._progress_state is not IndexerState.PAUSED:
+                    self._progress(IndexerState.PAUSED)
                 self._wait_for_command(None)  # held is not idle: work may be waiting
                 continue
             document = self._next_document()
@@ -374,8 +378,8 @@ class Indexer:
                     continue
                 self._collect_garbage()
                 self._chunks_done = self._chunks_total = 0
-                if self._progress_state != "idle":
-                    self._progress("idle")
+                if self._progress_state is not IndexerState.IDLE:
+                    self._progress(IndexerState.IDLE)
                 self._go_idle_or_wait(None)
                 continue
             self._idle.clear()
@@ -411,7 +415,7 @@ class Indexer:
                 return
             self.last_error = str(exc)
             log.error("library database: %s", exc)
-            self._progress("error")
+            self._progress(IndexerState.ERROR)
             self._wait_for_command(STORE_RETRY_S)  # a full disk may be freed; try again, never spin
         except Exception as exc:  # noqa: BLE001 - one document's problem must not stop the others
             self._fail(document, f"could not be indexed: {describe_exception(exc)}", exc)
@@ -435,12 +439,16 @@ class Indexer:
     def _settled(self, path: Path) -> tuple[int, float] | None:
         """(size, mtime) once the file is not being written, else None.
 
-        A file modified a while ago needs one more look; one modified just now, or with a
-        modification time in the future (copied from a machine whose clock is ahead), must keep
-        its size and mtime for STABLE_FOR_S. The wall clock alone never decides.
+        A file untouched for UNTOUCHED_S is read at once (a folder of 20,000 old notes must not
+        cost a pause each); one modified seconds ago needs one more look; one modified just now,
+        or with a modification time in the future (copied from a machine whose clock is ahead),
+        must keep its size and mtime for STABLE_FOR_S: the wall clock alone never decides that a
+        file is finished.
         """
         first = path.stat()
         age = time.time() - first.st_mtime
+        if age >= UNTOUCHED_S:
+            return first.st_size, first.st_mtime  # nobody has written it for a while: read it now
         if self._stop.wait(0.05 if age >= STABLE_FOR_S else STABLE_FOR_S):
             return None
         second = path.stat()
@@ -505,10 +513,9 @@ class Indexer:
             return
         self._set_state(path, DocumentState.INDEXING)
         result = self._extractor.extract(path)
-        if result.state != "ok":
+        if result.state is not DocumentState.READY:
             log.info("%s: %s: %s", display_path(path), result.state, result.reason)
-            state = DocumentState(result.state)
-            self._set_state(path, state, result.reason, size=size, mtime=mtime, content_hash=content_hash)
+            self._set_state(path, result.state, result.reason, size=size, mtime=mtime, content_hash=content_hash)
             return
         chunks = result.chunks
         self._chunks_total += len(chunks)
@@ -517,7 +524,7 @@ class Indexer:
         for chunk in chunks:
             self._drain()
             while self._held() and not self._stop.is_set():
-                self._progress("paused" if self._paused else "indexing")
+                self._progress(IndexerState.PAUSED if self._paused else IndexerState.INDEXING)
                 self._wait_for_command(None)
             if self._stop.is_set():
                 return
@@ -531,7 +538,7 @@ class Indexer:
                 encoded += 1
                 self._rate_window.append(time.monotonic())
             self._chunks_done += 1
-            self._progress("indexing", every_chunk=True)
+            self._progress(IndexerState.INDEXING, every_chunk=True)
         records = [
             ChunkRecord(i, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash)
             for i, c in enumerate(chunks)

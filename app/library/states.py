@@ -36,3 +36,17 @@ class DocumentState(str, Enum):
 
 FINAL_STATES = frozenset({DocumentState.READY, DocumentState.FAILED, DocumentState.SKIPPED})
 WAITING_STATES = frozenset({DocumentState.PENDING, DocumentState.INDEXING})
+
+
+class IndexerState(str, Enum):
+    """What the indexer is doing, as progress events say it."""
+
+    INDEXING = "indexing"
+    IDLE = "idle"
+    PAUSED = "paused"
+    ERROR = "error"  # a database error from the machine (full disk): it retries
+
+    def __str__(self) -> str:
+        return self.value
+
+    __hash__ = str.__hash__

@@ -43,6 +43,23 @@ SUMMARY_ORDER = (
     DocumentState.SKIPPED,
 )
 PATH_ROLE = Qt.ItemDataRole.UserRole
+# A document as the model keeps it: a plain tuple of plain values, which Python's cyclic garbage
+# collector stops tracking. 20,000 tracked row objects made each full collection take 20-40 ms,
+# a stall of the window (measured with benchmarks/library_scale.py).
+Row = tuple  # (path, state value, chunks, error, note, indexed_at)
+PATH, STATE, CHUNKS, ERROR, NOTE, INDEXED_AT = range(6)
+REASON_STATES = frozenset({DocumentState.FAILED.value, DocumentState.SKIPPED.value})
+
+
+def _row(document: Document) -> Row:
+    return (
+        str(document.path),
+        document.state.value,
+        document.chunk_count,
+        document.error,
+        document.note,
+        document.indexed_at,
+    )
 COLUMNS = ("Name", "Chunks", "State")
 Index = QModelIndex | QPersistentModelIndex
 
@@ -51,9 +68,9 @@ Index = QModelIndex | QPersistentModelIndex
 class _Folder:
     info: FolderInfo
     keys: list[str] = field(default_factory=list)  # document paths, sorted
-    documents: list[Document] = field(default_factory=list)  # in the order of `keys`
+    documents: list[Row] = field(default_factory=list)  # in the order of `keys`
     problems: list[Problem] = field(default_factory=list)
-    counts: Counter[DocumentState] = field(default_factory=Counter)
+    counts: Counter[str] = field(default_factory=Counter)  # by state value
 
     @property
     def path(self) -> str:
@@ -71,7 +88,7 @@ class LibraryTreeModel(QAbstractItemModel):
         super().__init__(parent)
         self._folders: list[_Folder] = []  # sorted by path
         self._by_id: dict[int, _Folder] = {}
-        self._where: dict[Path, int] = {}  # document path -> folder id
+        self._where: dict[str, int] = {}  # document path -> folder id
         self.library_problems: list[Problem] = []
 
     # structure -----------------------------------------------------------------------------
@@ -150,29 +167,29 @@ class LibraryTreeModel(QAbstractItemModel):
         return None
 
     @staticmethod
-    def _label(document: Document) -> str:
-        detail = document.error if document.state.has_reason else document.note
-        return f"{document.state}: {detail}" if detail else str(document.state)
+    def _label(row: Row) -> str:
+        detail = row[ERROR] if row[STATE] in REASON_STATES else row[NOTE]
+        return f"{row[STATE]}: {detail}" if detail else row[STATE]
 
-    def _document_data(self, folder: _Folder, document: Document, column: int, role: int) -> Any:
+    def _document_data(self, folder: _Folder, row: Row, column: int, role: int) -> Any:
         if role == Qt.ItemDataRole.DisplayRole:
             if column == 0:
-                return display_path(os.path.relpath(document.path, folder.info.path))
+                return display_path(os.path.relpath(row[PATH], folder.path))
             if column == 1:
-                return str(document.chunk_count or "")
-            return self._label(document)
+                return str(row[CHUNKS] or "")
+            return self._label(row)
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == 2:
-                indexed = document.indexed_at
+                indexed = row[INDEXED_AT]
                 when = time.strftime(" · indexed %Y-%m-%d %H:%M", time.localtime(indexed)) if indexed else ""
-                return self._label(document) + when
-            return display_path(document.path)
+                return self._label(row) + when
+            return display_path(row[PATH])
         if role == Qt.ItemDataRole.ForegroundRole and column == 2:
-            return STATE_COLOURS.get(document.state)
+            return STATE_COLOURS.get(row[STATE])
         if role == Qt.ItemDataRole.TextAlignmentRole and column == 1:
             return int(Qt.AlignmentFlag.AlignRight | Qt.AlignmentFlag.AlignVCenter)
         if role == PATH_ROLE:
-            return str(document.path)
+            return row[PATH]
         return None
 
     def folder_summary(self, row: int) -> str:
@@ -192,10 +209,11 @@ class LibraryTreeModel(QAbstractItemModel):
             folder = self._by_id.get(document.folder_id)
             if folder is None:
                 continue
-            folder.keys.append(str(document.path))
-            folder.documents.append(document)
-            folder.counts[document.state] += 1
-            self._where[document.path] = folder.info.id
+            row = _row(document)
+            folder.keys.append(row[PATH])
+            folder.documents.append(row)
+            folder.counts[row[STATE]] += 1
+            self._where[row[PATH]] = folder.info.id
         self._assign_problems(problems)
         self.endResetModel()
 
@@ -216,7 +234,7 @@ class LibraryTreeModel(QAbstractItemModel):
             del self._folders[row]
             del self._by_id[folder.info.id]
             for key in folder.keys:
-                self._where.pop(Path(key), None)
+                self._where.pop(key, None)
             self.endRemoveRows()
         for info in sorted(folders, key=lambda f: str(f.path)):
             existing = self._by_id.get(info.id)
@@ -250,25 +268,26 @@ class LibraryTreeModel(QAbstractItemModel):
 
     def update_documents(self, documents: Iterable[Document]) -> None:
         """New rows go in sorted runs (one insert per run); known rows change in place."""
-        additions: dict[int, list[Document]] = {}
+        additions: dict[int, list[Row]] = {}
         for document in documents:
             folder = self._by_id.get(document.folder_id)
             if folder is None:
                 continue
-            owner = self._where.get(document.path)
+            row = _row(document)
+            key = row[PATH]
+            owner = self._where.get(key)
             if owner is not None and owner != folder.info.id:
                 self.remove_documents([document.path])
                 owner = None
             if owner is None:
-                additions.setdefault(folder.info.id, []).append(document)
+                additions.setdefault(folder.info.id, []).append(row)
                 continue
-            key = str(document.path)
             position = bisect.bisect_left(folder.keys, key)
             old = folder.documents[position]
-            folder.documents[position] = document
-            if old.state != document.state:
-                folder.counts[old.state] -= 1
-                folder.counts[document.state] += 1
+            folder.documents[position] = row
+            if old[STATE] != row[STATE]:
+                folder.counts[old[STATE]] -= 1
+                folder.counts[row[STATE]] += 1
                 self._folder_changed(folder)
             parent = self.index(self._row_of(folder), 0)
             row = len(folder.problems) + position
@@ -276,40 +295,41 @@ class LibraryTreeModel(QAbstractItemModel):
         for folder_id, new in additions.items():
             self._insert(self._by_id[folder_id], new)
 
-    def _insert(self, folder: _Folder, new: list[Document]) -> None:
-        unique = {str(d.path): d for d in new}
+    def _insert(self, folder: _Folder, new: list[Row]) -> None:
+        """New rows into the sorted list: each new key's place is found by bisection (never a
+        re-sort of the folder), adjacent places go in as one run."""
+        unique = {row[PATH]: row for row in new}
         parent = self.index(self._row_of(folder), 0)
         offset = len(folder.problems)
-        if len(unique) <= 32:  # a few files (the watcher): one bisect each
-            for key in sorted(unique):
-                position = bisect.bisect_left(folder.keys, key)
-                self._insert_run(folder, parent, offset, position, [key], unique)
-        else:  # a scan: merge once, then one insert per run of adjacent new rows
-            existing = set(folder.keys)
-            merged = sorted(existing | set(unique))
-            positions = [i for i, key in enumerate(merged) if key not in existing]
-            for start, end in _runs(positions):
-                self._insert_run(folder, parent, offset, start, merged[start : end + 1], unique)
+        keys = sorted(unique)
+        # Where each new key lands in the merged list: its place among the old keys, plus the
+        # number of new keys before it.
+        merged_positions = [bisect.bisect_left(folder.keys, key) + i for i, key in enumerate(keys)]
+        start = 0
+        for first, last in _runs(merged_positions):
+            count = last - first + 1
+            self._insert_run(folder, parent, offset, first, keys[start : start + count], unique)
+            start += count
         self._folder_changed(folder)
 
     def _insert_run(
-        self, folder: _Folder, parent: QModelIndex, offset: int, start: int, keys: list[str], new: dict[str, Document]
+        self, folder: _Folder, parent: QModelIndex, offset: int, start: int, keys: list[str], new: dict[str, Row]
     ) -> None:
         self.beginInsertRows(parent, offset + start, offset + start + len(keys) - 1)
         folder.keys[start:start] = keys
         folder.documents[start:start] = [new[k] for k in keys]
         for key in keys:
-            document = new[key]
-            folder.counts[document.state] += 1
-            self._where[document.path] = folder.info.id
+            folder.counts[new[key][STATE]] += 1
+            self._where[key] = folder.info.id
         self.endInsertRows()
 
     def remove_documents(self, paths: Iterable[Path]) -> None:
         by_folder: dict[int, list[str]] = {}
         for path in paths:
-            folder_id = self._where.get(path)
+            key = str(path)
+            folder_id = self._where.get(key)
             if folder_id is not None:
-                by_folder.setdefault(folder_id, []).append(str(path))
+                by_folder.setdefault(folder_id, []).append(key)
         for folder_id, keys in by_folder.items():
             folder = self._by_id[folder_id]
             positions = sorted(bisect.bisect_left(folder.keys, key) for key in keys)
@@ -317,9 +337,9 @@ class LibraryTreeModel(QAbstractItemModel):
             offset = len(folder.problems)
             for start, end in reversed(_runs(positions)):
                 self.beginRemoveRows(parent, offset + start, offset + end)
-                for document in folder.documents[start : end + 1]:
-                    folder.counts[document.state] -= 1
-                    self._where.pop(document.path, None)
+                for row in folder.documents[start : end + 1]:
+                    folder.counts[row[STATE]] -= 1
+                    self._where.pop(row[PATH], None)
                 del folder.keys[start : end + 1]
                 del folder.documents[start : end + 1]
                 self.endRemoveRows()

@@ -21,6 +21,7 @@ from PySide6.QtWidgets import (
 
 from app.chats import Message
 from app.library.events import IndexProgress
+from app.library.states import IndexerState
 from app.logs import log_path
 from app.ui.chat import ChatPanel
 from app.ui.controller import AnswerWorker, AppController
@@ -156,11 +157,11 @@ class MainWindow(QMainWindow):
 
     def _on_progress(self, progress: IndexProgress) -> None:
         self.folders.show_progress(progress)
-        if progress.state == "indexing":
+        if progress.state == IndexerState.INDEXING:
             self.index_label.setText(f"Indexing {progress.documents_done}/{progress.documents_total}")
-        elif progress.state == "paused":
+        elif progress.state == IndexerState.PAUSED:
             self.index_label.setText("Indexing paused")
-        elif progress.state == "error":
+        elif progress.state == IndexerState.ERROR:
             self.index_label.setText("Indexing stopped")
             if self.controller.library is not None and self.controller.library.indexer.last_error:
                 self.chat.show_banner(f"Indexing stopped: {self.controller.library.indexer.last_error}")
