@@ -9,6 +9,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.library.answering import AnswerOutcome, Source, Turn
+
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL,
                                           updated REAL NOT NULL);
@@ -31,6 +33,25 @@ class Message:
     sources: list[dict] = field(default_factory=list)
     stats: dict = field(default_factory=dict)
     id: int | None = None
+
+
+def turns(messages: list[Message]) -> list[Turn]:
+    """The conversation so far as the answerer takes it: each question with the answer it got.
+
+    A "nothing matches" reply is not an answer: its question still counts for retrieval.
+    """
+    result: list[Turn] = []
+    for message in messages:
+        if message.role == "user":
+            result.append(Turn(message.text, ""))
+        elif result and not result[-1].answer:
+            answered = message.stats.get("outcome") != AnswerOutcome.NOTHING_MATCHES.value
+            result[-1] = Turn(
+                result[-1].question,
+                message.text if answered else "",
+                tuple(Source.from_dict(s) for s in message.sources) if answered else (),
+            )
+    return result
 
 
 @dataclass

@@ -47,6 +47,9 @@ def _user_errors() -> tuple[type[BaseException], ...]:
         from onnx_export.convert import ConversionError
 
         errors.append(ConversionError)
+        from onnx_export.embedder import EmbedderError
+
+        errors.append(EmbedderError)
     except ImportError:
         pass
     return tuple(errors)
@@ -267,38 +270,51 @@ def _generation_settings(args: argparse.Namespace):  # noqa: ANN202 - Generation
 
 
 def cmd_ask_library(args: argparse.Namespace) -> int:
+    from app.library.answering import AnswerOutcome
+
     library = _open_library(args)
     try:
         settings = _generation_settings(args)
-        answer = library.ask(args.question, k=_settings(args).top_k, settings=settings)
+        answer = library.ask(
+            args.question, k=_settings(args).top_k, settings=settings, without_sources=args.without_sources
+        )
+        nothing = answer.outcome is AnswerOutcome.NOTHING_MATCHES
         if not args.json:
-            for note in answer.notes:
+            for note in answer.notes if not nothing else answer.notes[:-1]:
                 print(f"dolphin-desk: note: {note}", file=sys.stderr)
+            if nothing:
+                print(answer.notes[-1])
+                print("Ask again with --without-sources to answer without sources.", file=sys.stderr)
         for piece in answer:
             if not args.json:
                 sys.stdout.write(piece)
                 sys.stdout.flush()
-        stats = answer.stream.stats
+        stream = answer.stream
         if args.json:
+            stats = stream.stats if stream is not None else None
             print(
                 json.dumps(
                     {
-                        "answer": answer.stream.text,
-                        "token_ids": answer.stream.token_ids,
-                        "stop_reason": stats.stop_reason,
+                        "answer": stream.text if stream is not None else None,
+                        "outcome": answer.outcome.value,
+                        "best_similarity": answer.best_similarity,
+                        "token_ids": stream.token_ids if stream is not None else [],
+                        "stop_reason": stats.stop_reason if stats is not None else None,
                         "timings": {
                             "first_token_s": stats.first_token_s,
                             "decode_tokens_per_s": stats.decode_tokens_per_s,
                             "total_s": stats.total_s,
-                        },
-                        "stats": stats.as_dict(),
+                        }
+                        if stats is not None
+                        else None,
+                        "stats": answer.stats(),
                         "sources": [s.as_dict() for s in answer.sources],
                         "notes": answer.notes,
                     },
                     ensure_ascii=False,
                 )
             )
-        else:
+        elif not nothing:
             print()
             for number, source in enumerate(answer.sources, start=1):
                 page = f", page {source.page}" if source.page else ""
@@ -397,6 +413,12 @@ def build_parser() -> argparse.ArgumentParser:
     convert_cli.add_arguments(convert)
     convert.set_defaults(handler=convert_cli.run)
 
+    add_embedder = commands.add_parser(
+        "add-embedder", help="give a model bundle the dense retrieval embedder (keyword search is used without)"
+    )
+    convert_cli.add_embedder_arguments(add_embedder)
+    add_embedder.set_defaults(handler=convert_cli.run_add_embedder)
+
     encode = commands.add_parser("encode", help="compress a text file into a memory (.npy)")
     _add_model_options(encode)
     encode.add_argument("--context-file", type=Path, required=True)
@@ -418,6 +440,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ask.add_argument("--top-k", type=int, help="memories per answer, from the library; " + _default_help("top_k"))
     ask.add_argument("--chunk-tokens", type=int, help=_default_help("chunk_tokens"))
+    ask.add_argument(
+        "--without-sources",
+        action="store_true",
+        help="answer even when nothing in the library matches (from the model alone, no sources)",
+    )
     ask.set_defaults(handler=cmd_ask)
 
     for name, handler, text in (

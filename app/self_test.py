@@ -59,6 +59,14 @@ def run_self_test(bundle: Path, write: Callable[[str], None] = print, window: bo
             raise RuntimeError("the decoder produced no tokens")
         return f"{len(stream.token_ids)} tokens, first after {stream.stats.first_token_s:.2f} s"
 
+    def embed() -> str:
+        embedder = loaded["model"].embedder  # type: ignore[attr-defined]
+        if embedder is None:
+            return "the bundle has no embedder: retrieval is BM25 only"
+        vectors = embedder.embed([QUESTION, CONTEXT])
+        similarity = float(vectors[0] @ vectors[1])
+        return f"{embedder.identity}: {vectors.shape[1]} dimensions, question/context cosine {similarity:.2f}"
+
     def readers_and_downloader() -> str:
         import charset_normalizer
         import docx
@@ -104,6 +112,7 @@ def run_self_test(bundle: Path, write: Callable[[str], None] = print, window: bo
         step("encode a text", encode)
     if "memory" in loaded:
         step("answer a question", answer)
+        step("embed for retrieval", embed)
     step("document readers and downloader", readers_and_downloader)
     step("read documents in the extraction child", read_in_child)
     if window:

@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from inference.bundle import BundleError, Manifest, load_manifest
+    from inference.conversation import Exchange
     from inference.encoder import Memory
     from inference.errors import InputError
     from inference.model import AnswerStats, AnswerStream, DolphinModel
@@ -22,6 +23,7 @@ _EXPORTS = {
     "AnswerStream": "inference.model",
     "BundleError": "inference.bundle",
     "DolphinModel": "inference.model",
+    "Exchange": "inference.conversation",
     "GenerationSettings": "inference.sampling",
     "InputError": "inference.errors",
     "Manifest": "inference.bundle",
@@ -34,6 +36,7 @@ __all__ = [
     "AnswerStream",
     "BundleError",
     "DolphinModel",
+    "Exchange",
     "GenerationSettings",
     "InputError",
     "Manifest",

@@ -70,6 +70,22 @@ class SourceInfo:
     path: str
 
 
+@dataclass(frozen=True)
+class EmbedderInfo:
+    """The bundle's dense text embedder for retrieval (optional: without it, BM25 alone)."""
+
+    file: str
+    tokenizer: str
+    dim: int
+    pooling: str  # mean | cls | max
+    normalize: bool
+    max_tokens: int
+    query_prefix: str
+    document_prefix: str
+    identity: str  # embeddings are valid only for this value
+    source: str
+
+
 BUNDLE_PATHS = {
     "tokenizer": "tokenizer.json",
     "encoder": "encoder/model.onnx",
@@ -91,6 +107,7 @@ class BundleManifest:
     encoder: EncoderInfo
     decoder: DecoderInfo
     embeddings_dtype: str
+    embedder: EmbedderInfo | None = None
     created: str = ""
     converter: dict[str, Any] = field(default_factory=dict)
     paths: dict[str, str] = field(default_factory=lambda: dict(BUNDLE_PATHS))
@@ -111,6 +128,7 @@ class BundleManifest:
             "encoder": asdict(self.encoder),
             "decoder": asdict(self.decoder),
             "embeddings": {"dtype": self.embeddings_dtype},
+            **({"embedder": asdict(self.embedder)} if self.embedder else {}),
             "paths": self.paths,
             "files": self.files,
         }
@@ -134,6 +152,7 @@ class BundleManifest:
                 StackInfo(**decoder["stack"]), int(decoder["vocab_size"]), int(decoder["max_positions"])
             ),
             embeddings_dtype=str(data["embeddings"]["dtype"]),
+            embedder=EmbedderInfo(**data["embedder"]) if data.get("embedder") else None,
             created=str(data.get("created", "")),
             converter=dict(data.get("converter", {})),
             paths={key: str(data["paths"][key]) for key in BUNDLE_PATHS},
@@ -197,6 +216,10 @@ class Manifest:
     def encoder_identity(self) -> str:
         """Names the encoder's exact weights and export: memories are only valid for this value."""
         return self.content.encoder.identity
+
+    @property
+    def embedder(self) -> EmbedderInfo | None:
+        return self.content.embedder
 
     def path(self, key: str) -> Path:
         return self.root / self.content.paths[key]

@@ -11,14 +11,16 @@ from pathlib import Path
 import numpy as np
 
 from inference.bundle import BundleError, Manifest, load_manifest
+from inference.conversation import Exchange, question_text
 from inference.decoder import Decoder
+from inference.embedder import TextEmbedder
 from inference.embeddings import EmbeddingTable
 from inference.encoder import Memory, MemoryEncoder
 from inference.errors import InputError
 from inference.providers import choose_provider, create_session, default_threads
-from inference.sampling import GenerationSettings, TokenSampler
+from inference.sampling import GenerationSettings, ReservedTokens, TokenSampler
 from inference.splice import prompt_ids, splice
-from inference.tokenizer import DolphinTokenizer, StreamingDetokenizer
+from inference.tokenizer import CONTEXT_MARKER, DolphinTokenizer, StreamingDetokenizer
 
 
 @dataclass
@@ -72,7 +74,7 @@ class AnswerStream:
         stats.prompt_positions = len(ids)
         stats.text_tokens_replaced = self.text_tokens_replaced
         state = model.decoder.new_state()
-        sampler = TokenSampler(self.settings)
+        sampler = TokenSampler(self.settings, model.reserved)
         detokenizer = StreamingDetokenizer(model.tokenizer)
         eos = model.manifest.eos_token_id
         room = model.max_positions - len(ids)
@@ -86,7 +88,7 @@ class AnswerStream:
                 break
             if self.record_logits:
                 self.logits.append(logits)
-            token = sampler(logits)
+            token = sampler(logits, self.token_ids)
             if not self.token_ids:
                 first_token_at = time.perf_counter()
                 stats.first_token_s = first_token_at - started
@@ -142,9 +144,26 @@ class DolphinModel:
             manifest.decoder.head_size,
         )
         self.max_positions = manifest.max_positions
+        self.embedder = (
+            TextEmbedder(
+                manifest.root,
+                manifest.embedder,
+                create_session(str(manifest.root / manifest.embedder.file), "cpu", self.threads),
+            )
+            if manifest.embedder is not None
+            else None
+        )
+        self.reserved = self._reserved_tokens()
         self._lock = threading.Lock()
         if self.embeddings.shape[1] != manifest.decoder.hidden_size:
             raise BundleError("embeddings.npy does not match the decoder's width: convert the model again")
+
+    def _reserved_tokens(self) -> ReservedTokens:
+        """Every added token except the end-of-answer one, and `<context>` as the text tokenizes."""
+        eos = self.manifest.eos_token_id
+        ids = tuple(sorted(i for i in self.tokenizer.added_token_ids() if i != eos))
+        sequences = {tuple(self.tokenizer.encode(text)) for text in (CONTEXT_MARKER, " " + CONTEXT_MARKER)}
+        return ReservedTokens(ids, tuple(s for s in sequences if s))
 
     @classmethod
     def load(cls, bundle: Path | str, provider: str = "auto", threads: int | None = None) -> DolphinModel:
@@ -184,16 +203,22 @@ class DolphinModel:
         memories: Sequence[Memory],
         settings: GenerationSettings | None = None,
         record_logits: bool = False,
+        history: Sequence[Exchange] = (),
     ) -> AnswerStream:
+        """Stream an answer to `question` from `memories`; `history` (earlier exchanges of the
+        conversation) goes after the memories, before the question (inference/conversation.py)."""
         settings = settings or GenerationSettings()
         settings.validate()
         clean = self.tokenizer.clean(question)
         if not clean.text.strip():
             raise InputError("the question is empty")
         notes = [n for n in [clean.note("question")] if n]
+        earlier = [
+            Exchange(self.tokenizer.clean(e.question).text, self.tokenizer.clean(e.answer).text) for e in history
+        ]
         return AnswerStream(
             self,
-            clean.text,
+            question_text(self.tokenizer, clean.text, earlier),
             self.project(memories),
             settings,
             sum(m.token_count for m in memories),

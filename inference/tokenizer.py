@@ -51,6 +51,10 @@ class DolphinTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
+    def added_token_ids(self) -> list[int]:
+        """Ids of the tokenizer's added (special) tokens: the memory tokens among them."""
+        return list(self._tokenizer.get_added_tokens_decoder())
+
     def token_to_id(self, token: str) -> int | None:
         return self._tokenizer.token_to_id(token)
 

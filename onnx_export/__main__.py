@@ -30,8 +30,9 @@ def main(argv: list[str] | None = None) -> int:
         from inference.bundle import BundleError
         from onnx_export.checkpoint import CheckpointError
         from onnx_export.convert import ConversionError
+        from onnx_export.embedder import EmbedderError
 
-        known = (BundleError, CheckpointError, ConversionError, OSError)
+        known = (BundleError, CheckpointError, ConversionError, EmbedderError, OSError)
         message = str(exc) if isinstance(exc, known) else f"unexpected {type(exc).__name__}: {exc}"
         print(f"python -m onnx_export: error: {message}", file=sys.stderr)
         return 1

@@ -8,6 +8,8 @@ from pathlib import Path
 
 from inference.bundle import PROVIDERS
 
+DEFAULT_EMBEDDER = "sentence-transformers/all-MiniLM-L6-v2"  # see onnx_export/embedder.py
+
 CONVERTER_MISSING = (
     "converting needs the converter's packages (torch, transformers, onnx, onnxruntime-genai): "
     "run  pip install torch==2.13.0 -e '.[convert]'  in the app's environment"
@@ -22,6 +24,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--provider", choices=PROVIDERS, default="auto")
     parser.add_argument("--max-context-tokens", type=int, default=2048, help="text tokens one memory may hold")
     parser.add_argument("--force", action="store_true", help="replace OUT if it exists")
+    parser.add_argument(
+        "--embedder",
+        default=DEFAULT_EMBEDDER,
+        help=f"the dense retrieval embedder: a sentence-transformers folder or hub id (default {DEFAULT_EMBEDDER}), "
+        "or 'none' for keyword search only",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -41,6 +49,23 @@ def run(args: argparse.Namespace) -> int:
         max_context_tokens=args.max_context_tokens,
         force=args.force,
         progress=lambda message: print(f"convert: {message}", file=sys.stderr, flush=True),
+        embedder=None if args.embedder.lower() == "none" else args.embedder,
     )
     print(args.out.resolve())
+    return 0
+
+
+def add_embedder_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("bundle", type=Path, help="an existing model bundle")
+    parser.add_argument("embedder", nargs="?", default=DEFAULT_EMBEDDER, help="sentence-transformers folder or hub id")
+
+
+def run_add_embedder(args: argparse.Namespace) -> int:
+    """Give an existing bundle a retrieval embedder, without converting the 16 GB checkpoint again."""
+    try:
+        from onnx_export.embedder import add_embedder
+    except ImportError as exc:
+        raise SystemExit(f"dolphin-desk: error: {CONVERTER_MISSING} ({exc.name} is missing)") from None
+    info = add_embedder(args.bundle, args.embedder, lambda m: print(f"add-embedder: {m}", file=sys.stderr, flush=True))
+    print(f"{args.bundle}: embedder {info.identity} ({info.dim} dimensions, {info.pooling} pooling)")
     return 0

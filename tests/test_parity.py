@@ -42,7 +42,10 @@ def test_logits_and_greedy_tokens_match_reference(fp32_model, reference, index: 
     case = reference["cases"][index]
     memory = fp32_model.encode(case["contexts"][0])
     stream = fp32_model.answer(
-        case["question"], [memory], GenerationSettings(max_new_tokens=reference["greedy_steps"]), record_logits=True
+        case["question"],
+        [memory],
+        GenerationSettings(max_new_tokens=reference["greedy_steps"], mask_reserved=False),
+        record_logits=True,
     )
     stream.run()
     compared = _compare_greedy(stream.logits, stream.token_ids, case, reference["arrays"][f"case{index}_step_logits"])
@@ -55,7 +58,10 @@ def test_two_markers_with_one_memory_reduce_to_the_reference(fp32_model, referen
     case = reference["by_name"]["two_markers"]
     memory = fp32_model.encode(case["contexts"][0])
     stream = fp32_model.answer(
-        case["question"], [memory, memory], GenerationSettings(max_new_tokens=20), record_logits=True
+        case["question"],
+        [memory, memory],
+        GenerationSettings(max_new_tokens=20, mask_reserved=False),
+        record_logits=True,
     )
     stream.run()
     assert stream.stats.prompt_positions == len(case["decoder_ids"])
@@ -66,7 +72,9 @@ def test_two_markers_with_one_memory_reduce_to_the_reference(fp32_model, referen
 def test_two_different_memories(fp32_model, reference) -> None:
     case = reference["by_name"]["two_memories"]
     memories = [fp32_model.encode(text) for text in case["contexts"]]
-    stream = fp32_model.answer(case["question"], memories, GenerationSettings(max_new_tokens=1), record_logits=True)
+    stream = fp32_model.answer(
+        case["question"], memories, GenerationSettings(max_new_tokens=1, mask_reserved=False), record_logits=True
+    )
     stream.run()
     np.testing.assert_allclose(
         stream.logits[0], reference["arrays"]["two_memories_last_logits"], atol=TOLERANCE, rtol=0
@@ -83,7 +91,9 @@ def test_int4_bundle_converts_loads_and_answers(int4_bundle, fp32_model, referen
         memory = model.encode(case["contexts"][0])
         assert memory.states.shape == (32, model.manifest.encoder.hidden_size)
         assert np.isfinite(memory.states).all()
-        stream = model.answer(case["question"], [memory], GenerationSettings(max_new_tokens=16), record_logits=True)
+        stream = model.answer(
+            case["question"], [memory], GenerationSettings(max_new_tokens=16, mask_reserved=False), record_logits=True
+        )
         stream.run()
         assert len(stream.token_ids) == 16
         reference_logits = reference["arrays"][f"case{index}_step_logits"][: len(stream.logits)]

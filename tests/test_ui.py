@@ -165,13 +165,25 @@ def test_stop_ends_the_answer_mid_way(qtbot, open_window, fp32_bundle, tmp_path)
     assert window.chat.button.text() == "Send"
 
 
-def test_escape_stops_the_answer(qtbot, open_window, fp32_bundle, tmp_path) -> None:
+def test_an_empty_library_says_so_then_answers_anyway_and_escape_stops_it(
+    qtbot, open_window, fp32_bundle, tmp_path
+) -> None:
     window, controller = open_window(settings=Settings(bundle_path=str(fp32_bundle), max_new_tokens=400))
     wait_ready(qtbot, controller)
     window.ask("Tell me everything.")
+    qtbot.waitUntil(lambda: window.worker is None, timeout=60000)
+    reply = window.chat.transcript.views[-1]
+    assert reply.text.startswith("Nothing in your library matches this question.")
+    assert reply.anyway is not None and reply.anyway.isVisible()
+    qtbot.mouseClick(reply.anyway, Qt.MouseButton.LeftButton)
+    assert window.worker is not None and not reply.anyway.isEnabled()
     window.worker.piece.connect(lambda _: qtbot.keyClick(window.chat.composer, Qt.Key.Key_Escape))
     qtbot.waitUntil(lambda: window.worker is None, timeout=60000)
-    assert controller.chats.messages(window.conversation_id)[-1].stats["stop_reason"] == "cancelled"
+    messages = controller.chats.messages(window.conversation_id)
+    assert [m.role for m in messages] == ["user", "assistant", "assistant"]
+    assert messages[1].stats["outcome"] == "nothing_matches"
+    assert messages[-1].stats["outcome"] == "without_sources" and messages[-1].stats["stop_reason"] == "cancelled"
+    assert messages[-1].stats["memory_count"] == 0
 
 
 def test_chats_and_settings_survive_a_restart(qtbot, open_window, fp32_bundle, tmp_path) -> None:
@@ -261,9 +273,7 @@ def test_dropping_a_folder_adds_it(qtbot, open_window, fp32_bundle, tmp_path) ->
     )
     window.folders.dropEvent(event)
     qtbot.waitUntil(
-        lambda: (
-            [name for name, _ in window.folders.folder_rows()] == ["Dropped"]
-        ),
+        lambda: [name for name, _ in window.folders.folder_rows()] == ["Dropped"],
         timeout=30000,
     )
 

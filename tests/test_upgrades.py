@@ -32,7 +32,7 @@ def test_a_schema_1_library_is_migrated_with_everything_kept(tmp_path) -> None:
     shutil.copy(V1 / "library.sqlite3", tmp_path / "library.sqlite3")
     store = Store(tmp_path)
     try:
-        assert store.schema_version == SCHEMA_VERSION == 4
+        assert store.schema_version == SCHEMA_VERSION == 5
         assert store.integrity_check() == "ok"
         ready = store.document(Path("/home/ada/Notes/harbour.txt"))
         pending = store.document(Path("/home/ada/Notes/later.txt"))
@@ -55,7 +55,7 @@ def test_a_schema_2_library_is_migrated_with_everything_kept(tmp_path) -> None:
     shutil.copy(V2 / "library.sqlite3", tmp_path / "library.sqlite3")
     store = Store(tmp_path)
     try:
-        assert store.schema_version == 4 and store.integrity_check() == "ok"
+        assert store.schema_version == 5 and store.integrity_check() == "ok"
         ready = store.document(Path("/home/ada/Notes/harbour.txt"))
         broken = store.document(Path("/home/ada/Notes/broken.pdf"))
         assert ready is not None and ready.state == "ready" and ready.note is None and ready.indexed_at

@@ -1,17 +1,28 @@
-"""Question -> the library's memories -> a streamed answer with its sources."""
+"""Question (and the conversation so far) -> the library's memories -> a streamed answer with its sources."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import enum
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from app.library.retrieval import DEFAULT_TOP_K, retrieve
+from app.library.retrieval import DEFAULT_TOP_K, Retrieved, Retriever
 from app.library.store import Store, StoredChunk
-from inference import AnswerStream, DolphinModel, GenerationSettings, InputError, Memory
+from inference import AnswerStream, DolphinModel, Exchange, GenerationSettings, InputError, Memory
 
 
-@dataclass
+class AnswerOutcome(enum.Enum):
+    ANSWERED = "answered"  # from the library's memories
+    KEPT_SOURCES = "kept_sources"  # a follow-up that found nothing new: the previous answer's memories
+    WITHOUT_SOURCES = "without_sources"  # the user asked for an answer without sources
+    NOTHING_MATCHES = "nothing_matches"  # nothing generated: nothing in the library is relevant
+
+
+NOTHING_MATCHES_MESSAGE = "Nothing in your library matches this question."
+
+
+@dataclass(frozen=True)
 class Source:
     path: Path
     page: int | None
@@ -19,6 +30,8 @@ class Source:
     char_end: int
     text: str
     score: float
+    text_hash: str = ""  # the chunk's memory key: a follow-up can reuse the memory
+    similarity: float | None = None
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -28,24 +41,71 @@ class Source:
             "char_end": self.char_end,
             "text": self.text,
             "score": self.score,
+            "text_hash": self.text_hash,
+            "similarity": self.similarity,
         }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> Source:
+        """A source as a saved chat holds it (older chats have no hash or similarity)."""
+        return cls(
+            Path(str(data.get("path", ""))),
+            data.get("page"),
+            int(data.get("char_start", 0)),
+            int(data.get("char_end", 0)),
+            str(data.get("text", "")),
+            float(data.get("score", 0.0)),
+            str(data.get("text_hash", "")),
+            data.get("similarity"),
+        )
+
+
+@dataclass(frozen=True)
+class Turn:
+    """An earlier question of the conversation, its answer and the sources it was given."""
+
+    question: str
+    answer: str
+    sources: tuple[Source, ...] = ()
 
 
 @dataclass
 class LibraryAnswer:
-    """An answer over the library: iterate for text; background encoding waits meanwhile."""
+    """An answer over the library: iterate for text; background encoding waits meanwhile.
 
-    stream: AnswerStream
+    With `outcome` NOTHING_MATCHES there is no stream and iteration yields nothing: the caller
+    says so and may ask again with `without_sources=True`.
+    """
+
+    stream: AnswerStream | None
     sources: list[Source]
     _gate: Callable[[], object]
+    outcome: AnswerOutcome = AnswerOutcome.ANSWERED
     notes: list[str] = field(default_factory=list)
+    best_similarity: float | None = None
 
     def __iter__(self) -> Iterator[str]:
+        if self.stream is None:
+            return
         with self._gate():  # type: ignore[attr-defined]
             yield from self.stream
 
+    @property
+    def text(self) -> str:
+        return self.stream.text if self.stream is not None else ""
+
+    def stats(self) -> dict[str, object]:
+        """The answer's statistics, with how it was answered, as the chat stores them."""
+        stats: dict[str, object] = dict(self.stream.stats.as_dict()) if self.stream is not None else {}
+        stats["outcome"] = self.outcome.value
+        stats["notes"] = list(self.notes)
+        if self.best_similarity is not None:
+            stats["best_similarity"] = round(self.best_similarity, 3)
+        return stats
+
     def cancel(self) -> None:
-        self.stream.cancel()
+        if self.stream is not None:
+            self.stream.cancel()
 
 
 class Answerer:
@@ -55,19 +115,46 @@ class Answerer:
         self._store = store
         self._model = model
         self._gate = gate
+        self.retriever = Retriever(store, model.embedder)
 
-    def retrieve(self, question: str, k: int = DEFAULT_TOP_K) -> list[StoredChunk]:
-        return retrieve(self._store, question, k)
+    def retrieve(self, question: str, k: int = DEFAULT_TOP_K, earlier: Sequence[str] = ()) -> list[StoredChunk]:
+        return self.retriever.search(question, k, earlier=earlier).chunks
 
-    def ask(self, question: str, k: int = DEFAULT_TOP_K, settings: GenerationSettings | None = None) -> LibraryAnswer:
+    def ask(
+        self,
+        question: str,
+        k: int = DEFAULT_TOP_K,
+        settings: GenerationSettings | None = None,
+        history: Sequence[Turn] = (),
+        without_sources: bool = False,
+    ) -> LibraryAnswer:
         if not question.strip():
             raise InputError("the question is empty")
-        chunks = self.retrieve(question, k)
+        exchanges = [Exchange(t.question, t.answer) for t in history if t.answer]
+        if without_sources:
+            stream = self._model.answer(question, [], settings, history=exchanges)
+            return LibraryAnswer(stream, [], self._gate, AnswerOutcome.WITHOUT_SOURCES, list(stream.notes))
+        found = self.retriever.search(question, k, earlier=[t.question for t in history])
+        memories, sources, notes = self._memories(found)
+        outcome = AnswerOutcome.ANSWERED
+        if not found.chunks and history and history[-1].sources:
+            memories, sources, notes = self._kept(history[-1].sources)
+            outcome = AnswerOutcome.KEPT_SOURCES
+            notes.insert(0, "nothing new matched this follow-up: answered from the previous answer's sources")
+        if not memories:
+            reason = _nothing_reason(found, self.retriever.params.min_similarity)
+            return LibraryAnswer(
+                None, [], self._gate, AnswerOutcome.NOTHING_MATCHES, [*notes, reason], found.best_similarity
+            )
+        stream = self._model.answer(question, memories, settings, history=exchanges)
+        return LibraryAnswer(stream, sources, self._gate, outcome, notes + stream.notes, found.best_similarity)
+
+    def _memories(self, found: Retrieved) -> tuple[list[Memory], list[Source], list[str]]:
         memories: list[Memory] = []
         sources: list[Source] = []
         notes: list[str] = []
         identity = self._model.encoder_identity
-        for chunk in chunks:
+        for chunk in found.chunks:
             stored = self._store.get_memory(chunk.text_hash, identity)
             if stored is None:
                 notes.append(f"{chunk.document_path.name}: its memory is not ready yet")
@@ -75,9 +162,37 @@ class Answerer:
             states, token_count = stored
             memories.append(Memory(states, token_count, identity))
             sources.append(
-                Source(chunk.document_path, chunk.page, chunk.char_start, chunk.char_end, chunk.text, chunk.score)
+                Source(
+                    chunk.document_path,
+                    chunk.page,
+                    chunk.char_start,
+                    chunk.char_end,
+                    chunk.text,
+                    chunk.score,
+                    chunk.text_hash,
+                    chunk.similarity,
+                )
             )
-        if not chunks:
-            notes.append("no document in the library matches this question")
-        stream = self._model.answer(question, memories, settings)
-        return LibraryAnswer(stream, sources, self._gate, notes + stream.notes)
+        return memories, sources, notes
+
+    def _kept(self, earlier: Sequence[Source]) -> tuple[list[Memory], list[Source], list[str]]:
+        memories: list[Memory] = []
+        sources: list[Source] = []
+        identity = self._model.encoder_identity
+        for source in earlier:
+            stored = self._store.get_memory(source.text_hash, identity) if source.text_hash else None
+            if stored is not None:
+                memories.append(Memory(stored[0], stored[1], identity))
+                sources.append(source)
+        return memories, sources, []
+
+
+def _nothing_reason(found: Retrieved, threshold: float) -> str:
+    if found.chunks:
+        return "the matching passages have no memories yet: they are still being indexed"
+    if found.best_similarity is not None:
+        return (
+            f"{NOTHING_MATCHES_MESSAGE} The closest passage is {found.best_similarity:.2f} similar "
+            f"(below {threshold:.2f})."
+        )
+    return f"{NOTHING_MATCHES_MESSAGE} No passage shares a word with it."

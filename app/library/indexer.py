@@ -58,13 +58,21 @@ UNSETTLED_RETRY_S = 5.0  # a file still being written is looked at again after t
 UNSETTLED_GIVE_UP_S = 60.0  # ... and read as it is once it has kept changing this long (a live log)
 PROGRESS_EVERY_S = 0.1  # progress events at most ten a second
 STORE_RETRY_S = 5.0  # after a full disk or a locked database
+BACKFILL_BATCH = 64  # chunks embedded at a time when a library gains an embedder
 
 log = logging.getLogger("dolphin.indexer")
 T = TypeVar("T")
 
 
+class EmbedderLike(Protocol):
+    identity: str
+
+    def embed(self, texts: list[str], kind: str = "document") -> np.ndarray: ...
+
+
 class EncoderLike(Protocol):
     encoder_identity: str
+    embedder: EmbedderLike | None
 
     def encode_states(self, text: str) -> np.ndarray: ...
 
@@ -116,6 +124,7 @@ class Indexer:
         self._states: dict[str, DocumentState] = {}
         self._counts: Counter[DocumentState] = Counter()
         self._garbage = True  # memories may be unreferenced: collect at the next idle moment
+        self._backfill = True  # chunks may lack embeddings (the bundle gained an embedder)
         self.encoded = 0
         self.reused = 0
         self._chunks_done = 0
@@ -371,6 +380,8 @@ class Indexer:
                 self._wait_for_command(None)  # held is not idle: work may be waiting
                 continue
             document = self._next_document()
+            if document is None and self._backfill_embeddings():
+                continue
             if document is None:
                 self._current = None
                 if self._retry_at:  # only files still being written are left: not idle yet
@@ -391,6 +402,35 @@ class Indexer:
             if self._queue.empty():
                 self._idle.set()
         self._wait_for_command(timeout)
+
+    def _embedder(self) -> EmbedderLike | None:
+        return getattr(self._encoder, "embedder", None)
+
+    def _embed(self, texts: dict[str, str]) -> None:
+        """Embeddings for these chunk texts (by hash) that are not stored yet."""
+        embedder = self._embedder()
+        if embedder is None or not texts:
+            return
+        missing = self._store.missing_embeddings(texts, embedder.identity)
+        if missing:
+            vectors = embedder.embed([texts[h] for h in missing])
+            self._store.put_embeddings(embedder.identity, dict(zip(missing, vectors, strict=True)))
+
+    def _backfill_embeddings(self) -> bool:
+        """Embed a batch of chunks indexed before the bundle had an embedder; False when none
+        is left (then it is not looked for again: new chunks are embedded as they are indexed)."""
+        embedder = self._embedder()
+        if embedder is None or not self._backfill:
+            return False
+        batch = self._store.chunks_without_embedding(embedder.identity, BACKFILL_BATCH)
+        if not batch:
+            self._backfill = False
+            return False
+        self._idle.clear()
+        self._current = "search index (embedding earlier chunks)"
+        self._embed(dict(batch))
+        self._progress(IndexerState.INDEXING, every_chunk=True)
+        return True
 
     def _collect_garbage(self) -> None:
         if not self._garbage:
@@ -539,6 +579,7 @@ class Indexer:
                 self._rate_window.append(time.monotonic())
             self._chunks_done += 1
             self._progress(IndexerState.INDEXING, every_chunk=True)
+        self._embed({c.text_hash: c.text for c in chunks})
         records = [
             ChunkRecord(i, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash)
             for i, c in enumerate(chunks)

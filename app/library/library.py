@@ -13,13 +13,13 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future
 from pathlib import Path
 
 import numpy as np
 
-from app.library.answering import Answerer, LibraryAnswer, Source
+from app.library.answering import Answerer, LibraryAnswer, Source, Turn
 from app.library.chunking import DEFAULT_CHUNK_TOKENS
 from app.library.events import (
     EventHub,
@@ -57,6 +57,7 @@ class ModelEncoder:
     def __init__(self, model: DolphinModel) -> None:
         self._model = model
         self.encoder_identity = model.encoder_identity
+        self.embedder = model.embedder
 
     def encode_states(self, text: str) -> np.ndarray:
         return self._model.encode(text).states
@@ -410,8 +411,16 @@ class Library:
     def status(self) -> dict[str, object]:
         return library_status(self.store)
 
-    def retrieve(self, question: str, k: int = DEFAULT_TOP_K) -> list[StoredChunk]:
-        return self.answerer.retrieve(question, k)
+    def retrieve(self, question: str, k: int = DEFAULT_TOP_K, earlier: Sequence[str] = ()) -> list[StoredChunk]:
+        return self.answerer.retrieve(question, k, earlier)
 
-    def ask(self, question: str, k: int = DEFAULT_TOP_K, settings: GenerationSettings | None = None) -> LibraryAnswer:
-        return self.answerer.ask(question, k, settings)
+    def ask(
+        self,
+        question: str,
+        k: int = DEFAULT_TOP_K,
+        settings: GenerationSettings | None = None,
+        history: Sequence[Turn] = (),
+        without_sources: bool = False,
+    ) -> LibraryAnswer:
+        """Answer from the library; `history` makes it a follow-up (app/library/answering.py)."""
+        return self.answerer.ask(question, k, settings, history, without_sources)

@@ -1,17 +1,58 @@
-"""Question -> the library's most relevant chunks, by BM25 over SQLite FTS5."""
+"""Question -> the library's most relevant chunks: BM25 (SQLite FTS5) and a dense embedder, fused.
+
+The decoder answers only from the memories it is handed, so this decides what an answer can be.
+Two rankings are made for a question: BM25 over the chunk texts, and cosine similarity between
+the question's embedding and every chunk's (the bundle's sentence embedder; vectors stored per
+chunk text). They are fused by weighted reciprocal rank (`RetrievalParams`, tuned on the dev sets
+in benchmarks/results/retrieval.json). Without an embedder in the bundle, BM25 alone.
+
+The dense side is plain numpy over a matrix kept in memory and refreshed only when the library
+changed: 20,000 chunks x 384 dimensions is 30 MB and one matrix-vector product (a few ms), exact,
+with no native extension to ship on three platforms (`sqlite-vec` would be one; at desktop scale
+it buys nothing).
+"""
 
 from __future__ import annotations
 
 import re
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+
+import numpy as np
 
 from app.library.store import Store, StoredChunk
 
 DEFAULT_TOP_K = 3
+FOLLOW_UP_QUESTIONS = 3  # earlier questions of a conversation that a follow-up's search borrows from
 _WORD = re.compile(r"\w+", re.UNICODE)
 STOPWORDS = frozenset(
     "a an and are as at be by did do does for from had has have how i in is it its of on or that the their them "
     "there these they this to was were what when where which who whom whose why will with would you your".split()
 )
+
+
+@dataclass(frozen=True)
+class RetrievalParams:
+    """How the two rankings are fused (tuned on the dev sets; see benchmarks/retrieval_eval.py)."""
+
+    candidates: int = 50  # chunks taken from each ranking before fusing
+    rrf_k: int = 5  # reciprocal-rank constant: smaller trusts the top of each ranking more
+    bm25_weight: float = 0.5
+    dense_weight: float = 1.0
+    # Below this cosine similarity of the best chunk, nothing in the library answers the question.
+    min_similarity: float = 0.25
+
+
+@dataclass
+class Retrieved:
+    chunks: list[StoredChunk]
+    best_similarity: float | None  # None without an embedder
+    method: str  # "hybrid" or "bm25"
+
+    @property
+    def relevant(self) -> bool:
+        return bool(self.chunks)
 
 
 def fts_query(question: str) -> str | None:
@@ -24,8 +65,114 @@ def fts_query(question: str) -> str | None:
     return " OR ".join(f'"{w}"' for w in dict.fromkeys(words))
 
 
+class DenseIndex:
+    """Every chunk's embedding as one matrix, refreshed when the database changed."""
+
+    def __init__(self, store: Store, embedder_identity: str) -> None:
+        self._store = store
+        self._identity = embedder_identity
+        self._ids = np.zeros(0, dtype=np.int64)
+        self._matrix: np.ndarray | None = None
+        self._version: tuple[int, int] | None = None
+        self._lock = threading.Lock()
+
+    def _refresh(self) -> None:
+        version = self._store.data_version()
+        if version == self._version and self._matrix is not None:
+            return
+        # Incremental: drop chunks that are gone, add those newer than the newest known. An
+        # embedding that arrived for an older chunk (the background backfill) shows as a
+        # count that does not add up, and the matrix is read again whole.
+        current = np.asarray(self._store.chunk_ids(), dtype=np.int64)
+        keep = np.isin(self._ids, current)
+        ids = self._ids[keep]
+        rows = [self._matrix[keep]] if self._matrix is not None and keep.any() else []
+        fresh = self._store.chunk_embeddings(self._identity, after_id=int(ids.max()) if len(ids) else 0)
+        if fresh:
+            ids = np.concatenate([ids, np.asarray([i for i, _ in fresh], dtype=np.int64)])
+            rows.append(_matrix(fresh))
+        if len(ids) != self._store.embedded_chunk_count(self._identity):
+            every = self._store.chunk_embeddings(self._identity)
+            ids, rows = np.asarray([i for i, _ in every], dtype=np.int64), [_matrix(every)] if every else []
+        self._ids = ids
+        self._matrix = np.vstack(rows) if rows else None
+        self._version = version
+
+    def search(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
+        """(chunk id, cosine) of the `limit` nearest chunks."""
+        with self._lock:
+            self._refresh()
+            if self._matrix is None or not len(self._ids):
+                return []
+            similarities = self._matrix @ vector
+            top = np.argsort(-similarities)[:limit] if len(similarities) > limit else np.argsort(-similarities)
+            return [(int(self._ids[i]), float(similarities[i])) for i in top]
+
+
+def _matrix(pairs: list[tuple[int, bytes]]) -> np.ndarray:
+    return np.frombuffer(b"".join(v for _, v in pairs), dtype=np.float32).reshape(len(pairs), -1)
+
+
+class Retriever:
+    def __init__(self, store: Store, embedder: object | None = None, params: RetrievalParams | None = None) -> None:
+        self._store = store
+        self._embedder = embedder
+        self.params = params or RetrievalParams()
+        self._dense = DenseIndex(store, embedder.identity) if embedder is not None else None  # type: ignore[attr-defined]
+
+    @property
+    def method(self) -> str:
+        return "hybrid" if self._dense is not None else "bm25"
+
+    def search(
+        self,
+        query: str,
+        k: int = DEFAULT_TOP_K,
+        params: RetrievalParams | None = None,
+        earlier: Sequence[str] = (),
+    ) -> Retrieved:
+        """The k chunks that best answer `query`; `earlier` are the conversation's earlier questions.
+
+        A follow-up ("and on Windows?", "how tall is it?") names little by itself, so it is also
+        searched with the earlier questions before it. Of the two searches, the one whose best
+        passage is closer wins: a bare follow-up borrows its subject from the conversation, one
+        that changes the subject ("who designed the Eiffel Tower?") is closer alone. Without an
+        embedder there is no such measure, and the conversation's words always join the query.
+        """
+        params = params or self.params
+        if k < 1:
+            return Retrieved([], None, self.method)
+        if not earlier:
+            return self._search_one(query, k, params)
+        conversation = self._search_one(" ".join([*earlier[-FOLLOW_UP_QUESTIONS:], query]), k, params)
+        if self._dense is None:
+            return conversation
+        alone = self._search_one(query, k, params)
+        return alone if (alone.best_similarity or -1.0) > (conversation.best_similarity or -1.0) else conversation
+
+    def _search_one(self, query: str, k: int, params: RetrievalParams) -> Retrieved:
+        fts = fts_query(query)
+        keyword = self._store.search(fts, params.candidates) if fts else []
+        if self._dense is None:
+            return Retrieved(keyword[:k], None, "bm25")
+        vector = self._embedder.embed([query], "query")[0]  # type: ignore[union-attr]
+        dense = self._dense.search(vector, params.candidates)
+        best_similarity = dense[0][1] if dense else None
+        if best_similarity is None or best_similarity < params.min_similarity:
+            return Retrieved([], best_similarity, "hybrid")
+        similarity = dict(dense)
+        fused: dict[int, float] = {}
+        for rank, chunk in enumerate(keyword):
+            fused[chunk.id] = fused.get(chunk.id, 0.0) + params.bm25_weight / (params.rrf_k + rank + 1)
+        for rank, (chunk_id, _) in enumerate(dense):
+            fused[chunk_id] = fused.get(chunk_id, 0.0) + params.dense_weight / (params.rrf_k + rank + 1)
+        best = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
+        by_id = {c.id: c for c in keyword}
+        by_id.update(self._store.chunks_by_id([i for i in best if i not in by_id]))
+        chunks = [replace(by_id[i], score=fused[i], similarity=similarity.get(i)) for i in best if i in by_id]
+        return Retrieved(chunks, best_similarity, "hybrid")
+
+
 def retrieve(store: Store, question: str, k: int = DEFAULT_TOP_K) -> list[StoredChunk]:
-    query = fts_query(question)
-    if query is None or k < 1:
-        return []
-    return store.search(query, k)
+    """BM25 alone (no embedder): kept for callers that have only a store."""
+    return Retriever(store).search(question, k).chunks

@@ -23,7 +23,7 @@ import numpy as np
 
 from app.library.states import DocumentState
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 DB_NAME = "library.sqlite3"
 
 
@@ -109,6 +109,16 @@ _MIGRATIONS: dict[int, str] = {
     4: """
     ALTER TABLE documents ADD COLUMN chunker TEXT;
     UPDATE folders SET include_patterns = NULL, exclude_patterns = NULL;
+    """,
+    # 5: a dense embedding per chunk text for hybrid retrieval, keyed like memories (text hash,
+    # embedder identity): float32 vectors, 1.5 KB each for a 384-wide embedder.
+    5: """
+    CREATE TABLE embeddings (
+        text_hash TEXT NOT NULL,
+        embedder TEXT NOT NULL,
+        vector BLOB NOT NULL,
+        PRIMARY KEY (text_hash, embedder)
+    ) WITHOUT ROWID;
     """,
 }
 
@@ -208,6 +218,7 @@ class StoredChunk:
     token_count: int
     text_hash: str
     score: float = 0.0
+    similarity: float | None = None  # cosine to the question, where an embedder ranked it
 
 
 def _split_patterns(value: str | None) -> list[str] | None:
@@ -669,14 +680,88 @@ class Store:
         row = self._query("SELECT COUNT(*) AS n, COALESCE(AVG(LENGTH(states)), 0) AS avg FROM memories")[0]
         return {"memories": row["n"], "bytes_per_memory": float(row["avg"])}
 
+    # embeddings ----------------------------------------------------------------------------
+
+    def missing_embeddings(self, text_hashes: Iterable[str], embedder: str) -> list[str]:
+        hashes = list(dict.fromkeys(text_hashes))
+        have: set[str] = set()
+        for start in range(0, len(hashes), 500):
+            batch = hashes[start : start + 500]
+            rows = self._query(
+                f"SELECT text_hash FROM embeddings WHERE embedder=? AND text_hash IN ({', '.join('?' * len(batch))})",
+                (embedder, *batch),
+            )
+            have.update(r["text_hash"] for r in rows)
+        return [h for h in hashes if h not in have]
+
+    def put_embeddings(self, embedder: str, vectors: dict[str, np.ndarray]) -> None:
+        with self.transaction() as db:
+            db.executemany(
+                "INSERT OR REPLACE INTO embeddings(text_hash, embedder, vector) VALUES (?, ?, ?)",
+                [(h, embedder, np.ascontiguousarray(v, dtype=np.float32).tobytes()) for h, v in vectors.items()],
+            )
+
+    def chunks_without_embedding(self, embedder: str, limit: int) -> list[tuple[str, str]]:
+        """(text hash, text) of chunks whose embedding is missing (a library from before the
+        bundle had an embedder): the indexer fills them in, in the background."""
+        rows = self._query(
+            "SELECT c.text_hash, MIN(c.text) AS text FROM chunks c WHERE NOT EXISTS "
+            "(SELECT 1 FROM embeddings e WHERE e.text_hash = c.text_hash AND e.embedder = ?) "
+            "GROUP BY c.text_hash LIMIT ?",
+            (embedder, limit),
+        )
+        return [(r["text_hash"], r["text"]) for r in rows]
+
+    def chunk_embeddings(self, embedder: str, after_id: int = 0) -> list[tuple[int, bytes]]:
+        """(chunk id, float32 vector bytes) of every chunk with an embedding, ids above `after_id`."""
+        rows = self._query(
+            "SELECT c.id, e.vector FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash AND e.embedder = ? "
+            "WHERE c.id > ? ORDER BY c.id",
+            (embedder, after_id),
+        )
+        return [(r[0], r[1]) for r in rows]
+
+    def embedded_chunk_count(self, embedder: str) -> int:
+        return int(
+            self._query(
+                "SELECT COUNT(*) FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash AND e.embedder = ?",
+                (embedder,),
+            )[0][0]
+        )
+
+    def data_version(self) -> tuple[int, int]:
+        """Changes whenever anything was committed: by another connection (SQLite's
+        `PRAGMA data_version`) or by this thread's own (`total_changes`)."""
+        return int(self._query("PRAGMA data_version")[0][0]), self._connection().total_changes
+
+    def chunk_ids(self) -> list[int]:
+        return [r[0] for r in self._query("SELECT id FROM chunks ORDER BY id")]
+
+    def chunks_by_id(self, ids: list[int]) -> dict[int, StoredChunk]:
+        found: dict[int, StoredChunk] = {}
+        for start in range(0, len(ids), 500):
+            batch = ids[start : start + 500]
+            rows = self._query(
+                "SELECT c.id, d.path, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash "
+                f"FROM chunks c JOIN documents d ON d.id = c.document_id WHERE c.id IN ({', '.join('?' * len(batch))})",
+                tuple(batch),
+            )
+            for r in rows:
+                found[r["id"]] = StoredChunk(
+                    r["id"], path_from_db(r["path"]), r["text"], r["char_start"], r["char_end"], r["page"],
+                    r["token_count"], r["text_hash"],
+                )  # fmt: skip
+        return found
+
     def collect_garbage(self) -> int:
         """Delete memories no chunk refers to any more, and only while no document waits to be
         indexed: a pending document may be a moved or copied file whose memories it will reuse,
         and one in flight has memories but no chunks yet. Checked in the same transaction."""
         with self.transaction() as db:
+            idle = "NOT EXISTS (SELECT 1 FROM documents WHERE state IN ('pending', 'indexing'))"
+            db.execute(f"DELETE FROM embeddings WHERE text_hash NOT IN (SELECT text_hash FROM chunks) AND {idle}")
             return db.execute(
-                "DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks) "
-                "AND NOT EXISTS (SELECT 1 FROM documents WHERE state IN ('pending', 'indexing'))"
+                f"DELETE FROM memories WHERE text_hash NOT IN (SELECT text_hash FROM chunks) AND {idle}"
             ).rowcount
 
     # retrieval -----------------------------------------------------------------------------

@@ -41,7 +41,12 @@ def format_cost(stats: dict) -> str:
 
 
 class MessageView(QFrame):
-    """One message; an assistant message can grow while it streams."""
+    """One message; an assistant message can grow while it streams.
+
+    A "nothing in your library matches" reply carries a button to answer anyway, without sources.
+    """
+
+    answer_anyway = Signal(str)  # the question
 
     def __init__(self, message: Message, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -73,6 +78,7 @@ class MessageView(QFrame):
         self.cost.setWordWrap(True)
         self.cost.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         layout.addWidget(self.cost)
+        self.anyway: QPushButton | None = None
         self.text = message.text
         self.set_text(message.text)
         self.set_details(message.sources, message.stats)
@@ -96,11 +102,28 @@ class MessageView(QFrame):
         self.sources.setVisible(bool(lines))
         cost = format_cost(stats)
         notes = stats.get("notes") or []
-        self.cost.setText(" · ".join([cost, *notes]) if notes else cost)
+        self.cost.setText(" · ".join([c for c in (cost, *notes) if c]))
         self.cost.setVisible(bool(self.cost.text()))
+        if stats.get("outcome") == "nothing_matches" and stats.get("question") and self.anyway is None:
+            question = str(stats["question"])
+            self.anyway = QPushButton("Answer anyway, without sources")
+            self.anyway.setObjectName("answerAnyway")
+            self.anyway.setToolTip("The model answers from what it learned in training alone; it may be wrong.")
+            self.anyway.clicked.connect(lambda: self._answer_anyway(question))
+            row = QHBoxLayout()
+            row.addWidget(self.anyway)
+            row.addStretch(1)
+            self.layout().addLayout(row)  # type: ignore[union-attr]
+
+    def _answer_anyway(self, question: str) -> None:
+        if self.anyway is not None:
+            self.anyway.setEnabled(False)
+        self.answer_anyway.emit(question)
 
 
 class Transcript(QScrollArea):
+    answer_anyway = Signal(str)
+
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         self.setWidgetResizable(True)
@@ -122,6 +145,7 @@ class Transcript(QScrollArea):
 
     def add(self, message: Message) -> MessageView:
         view = MessageView(message)
+        view.answer_anyway.connect(self.answer_anyway)
         self._layout.insertWidget(self._layout.count() - 1, view)
         self.views.append(view)
         QTimer.singleShot(0, self.scroll_to_end)
@@ -156,6 +180,7 @@ class Composer(QPlainTextEdit):
 class ChatPanel(QWidget):
     send = Signal(str)
     stop = Signal()
+    answer_anyway = Signal(str)  # a question to answer without sources
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -168,6 +193,7 @@ class ChatPanel(QWidget):
         self.banner.hide()
         layout.addWidget(self.banner)
         self.transcript = Transcript()
+        self.transcript.answer_anyway.connect(self.answer_anyway)
         layout.addWidget(self.transcript, 1)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(12, 10, 12, 12)

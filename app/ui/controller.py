@@ -10,12 +10,14 @@ import gc
 import logging
 import threading
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 from PySide6.QtCore import QObject, QThread, QTimer, Signal
 
 from app.chats import ChatStore
+from app.library.answering import AnswerOutcome, Turn
 from app.library.events import IndexProgress, LibraryEvent
 from app.library.library import Library, LibraryAnswer
 from app.power import on_battery
@@ -38,11 +40,20 @@ class AnswerWorker(QThread):
     completed = Signal(str, list, dict)
     failed = Signal(str, str)
 
-    def __init__(self, library: Library, question: str, settings: Settings) -> None:
+    def __init__(
+        self,
+        library: Library,
+        question: str,
+        settings: Settings,
+        history: Sequence[Turn] = (),
+        without_sources: bool = False,
+    ) -> None:
         super().__init__()
         self._library = library
         self._question = question
         self._settings = settings
+        self._history = tuple(history)
+        self._without_sources = without_sources
         self._answer: LibraryAnswer | None = None
         self._stopped = threading.Event()
 
@@ -61,15 +72,24 @@ class AnswerWorker(QThread):
                 temperature=self._settings.temperature,
                 top_p=self._settings.top_p,
             )
-            self._answer = self._library.ask(self._question, k=self._settings.top_k, settings=generation)
+            answer = self._answer = self._library.ask(
+                self._question,
+                k=self._settings.top_k,
+                settings=generation,
+                history=self._history,
+                without_sources=self._without_sources,
+            )
             if self._stopped.is_set():
-                self._answer.cancel()
-            for text in self._answer:
+                answer.cancel()
+            for text in answer:
                 self.piece.emit(text)
-            stats = self._answer.stream.stats.as_dict()
-            stats["notes"] = self._answer.notes
-            sources = [s.as_dict() for s in self._answer.sources]
-            self.completed.emit(self._answer.stream.text, sources, stats)
+            stats = answer.stats()
+            if answer.outcome is AnswerOutcome.NOTHING_MATCHES:
+                # The reply is the reason; the chat offers to answer anyway, which needs the question.
+                stats["notes"], stats["question"] = answer.notes[:-1], self._question
+                self.completed.emit(answer.notes[-1], [], stats)
+                return
+            self.completed.emit(answer.text, [s.as_dict() for s in answer.sources], stats)
         except Exception as exc:  # noqa: BLE001 - shown to the user in the chat
             self.failed.emit(str(exc) or type(exc).__name__, traceback.format_exc())
 
@@ -162,7 +182,14 @@ class AppController(QObject):
             gc.collect()
             gc.freeze()
             label = {"cpu": "CPU", "cuda": "CUDA", "dml": "DirectML"}[self.model.provider]
-            self._set_model_state("ready", f"{Path(bundle).name} · {self.model.manifest.precision} · {label}")
+            search = (
+                "hybrid search"
+                if self.model.embedder is not None
+                else "keyword search only (this bundle has no embedder: dolphin-desk add-embedder)"
+            )
+            self._set_model_state(
+                "ready", f"{Path(bundle).name} · {self.model.manifest.precision} · {label} · {search}"
+            )
             self._check_battery()
 
         def failed(message: str, details: str) -> None:
@@ -264,11 +291,11 @@ class AppController(QObject):
 
     # answers -------------------------------------------------------------------------------
 
-    def answer(self, question: str) -> AnswerWorker | None:
+    def answer(self, question: str, history: Sequence[Turn] = (), without_sources: bool = False) -> AnswerWorker | None:
         if self.library is None:
             self.error.emit("The model is not ready yet.", "")
             return None
-        return AnswerWorker(self.library, question, self.settings)
+        return AnswerWorker(self.library, question, self.settings, history, without_sources)
 
     def _stop_library(self, library: Library) -> None:
         with self._lock:

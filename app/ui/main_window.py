@@ -19,7 +19,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.chats import Message
+from app.chats import Message, turns
 from app.library.events import IndexProgress
 from app.library.states import IndexerState
 from app.logs import log_path
@@ -135,6 +135,7 @@ class MainWindow(QMainWindow):
         self.folders.reindex.connect(c.reindex)
         self.folders.pause_toggled.connect(c.set_paused)
         self.chat.send.connect(self.ask)
+        self.chat.answer_anyway.connect(lambda question: self.ask(question, without_sources=True))
         self.chat.stop.connect(self.stop_answer)
         self.sidebar.new_button.clicked.connect(self.new_conversation)
         self.sidebar.rename_button.clicked.connect(self.rename_conversation)
@@ -233,18 +234,25 @@ class MainWindow(QMainWindow):
 
     # answering -------------------------------------------------------------------------------
 
-    def ask(self, question: str) -> None:
+    def ask(self, question: str, without_sources: bool = False) -> None:
+        """Answer `question` as a follow-up of the open chat; `without_sources` answers a question
+        the chat already holds (its "nothing matches" reply offered to) from the model alone."""
         if self.conversation_id is None or self.worker is not None:
             return
-        worker = self.controller.answer(question)
+        chats = self.controller.chats
+        earlier = chats.messages(self.conversation_id)
+        history = turns(earlier)
+        if without_sources and history and history[-1].question == question:
+            history = history[:-1]
+        worker = self.controller.answer(question, history, without_sources)
         if worker is None:
             return
-        chats = self.controller.chats
-        if not chats.messages(self.conversation_id):
+        if not earlier:
             chats.rename(self.conversation_id, question[:48])
             self._load_conversations(select=self.conversation_id)
-        self.chat.transcript.add(chats.add(self.conversation_id, Message("user", question)))
-        self.chat.composer.clear()
+        if not without_sources:
+            self.chat.transcript.add(chats.add(self.conversation_id, Message("user", question)))
+            self.chat.composer.clear()
         self.chat.show_banner("")
         self.chat.begin_answer()
         self.chat.set_generating(True)

@@ -1,0 +1,196 @@
+"""Hybrid retrieval with the real all-MiniLM-L6-v2 embedder, conversations and honest answers."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from app.chats import Message, turns
+from app.library.answering import AnswerOutcome, Turn
+from app.library.retrieval import RetrievalParams
+from inference import GenerationSettings
+from inference.conversation import Exchange, question_text
+from tests.conftest import FIXTURES, ROOT
+
+LANDMARKS = FIXTURES / "landmarks"
+SHORT = GenerationSettings(max_new_tokens=4)
+
+
+@pytest.fixture
+def landmarks(tmp_path: Path) -> Path:
+    folder = tmp_path / "landmarks"
+    folder.mkdir()
+    for path in LANDMARKS.glob("*.txt"):
+        shutil.copy(path, folder / path.name)
+    return folder
+
+
+@pytest.fixture
+def hybrid_library(make_library, hybrid_model, landmarks):
+    library = make_library(model=hybrid_model)
+    library.add_folder(landmarks)
+    library.start()
+    assert library.index_until_done(timeout=120)
+    return library
+
+
+def _names(chunks) -> list[str]:
+    return [c.document_path.name for c in chunks]
+
+
+def test_every_chunk_gets_an_embedding_in_the_same_pass(hybrid_library, hybrid_model) -> None:
+    store = hybrid_library.store
+    identity = hybrid_model.embedder.identity
+    assert store.embedded_chunk_count(identity) == len(store.chunk_ids()) > 0
+    assert hybrid_library.answerer.retriever.method == "hybrid"
+    # The stored vector is the embedder's, unit length: the dense side's cosine is a dot product.
+    chunk = hybrid_library.retrieve("sea-washed lighthouse", k=1)[0]
+    (vector,) = [np.frombuffer(v, dtype=np.float32) for i, v in store.chunk_embeddings(identity) if i == chunk.id]
+    np.testing.assert_allclose(vector, hybrid_model.embedder.embed([chunk.text])[0], atol=1e-5)
+    assert abs(float(np.linalg.norm(vector)) - 1.0) < 1e-5
+
+
+def test_dense_search_finds_what_shares_no_word(hybrid_library, make_library, landmarks, tmp_path) -> None:
+    question = "Which beacon warns seafarers away from a drowned Scottish shoal?"
+    assert _names(hybrid_library.retrieve(question, k=1)) == ["bell-rock.txt"]
+    keyword_only = make_library(data_dir=tmp_path / "bm25")
+    keyword_only.add_folder(landmarks)
+    keyword_only.start()
+    keyword_only.index_until_done(timeout=120)
+    assert keyword_only.answerer.retriever.method == "bm25"
+    assert _names(keyword_only.retrieve(question, k=1)) != ["bell-rock.txt"]
+
+
+def test_a_three_turn_conversation_follows_its_subject(hybrid_library) -> None:
+    """The follow-ups name nothing; alone they find another tall structure, in the conversation
+    they find the lighthouse the first question was about."""
+    questions = [
+        "When was the Bell Rock Lighthouse built?",
+        "How tall is it?",
+        "Who designed it?",
+    ]
+    history: list[Turn] = []
+    for number, question in enumerate(questions):
+        answer = hybrid_library.ask(question, settings=SHORT, history=history)
+        text = "".join(answer)
+        assert answer.outcome is AnswerOutcome.ANSWERED
+        assert answer.sources[0].path.name == "bell-rock.txt", (question, [s.path.name for s in answer.sources])
+        if number:
+            alone = hybrid_library.retrieve(question, k=1)
+            assert _names(alone) != ["bell-rock.txt"], f"{question!r} alone should be ambiguous"
+        history.append(Turn(question, text, tuple(answer.sources)))
+    # A follow-up that changes the subject is closer alone than with the conversation.
+    changed = hybrid_library.ask("Who designed the Eiffel Tower?", settings=SHORT, history=history)
+    assert changed.sources[0].path.name == "eiffel-tower.txt"
+
+
+def test_the_first_question_keeps_the_reference_layout_and_a_follow_up_sees_history(hybrid_model) -> None:
+    tokenizer = hybrid_model.tokenizer
+    assert question_text(tokenizer, "Who built it?") == "Who built it?"
+    memory = hybrid_model.encode("The Bell Rock Lighthouse was built by Robert Stevenson.")
+    first = hybrid_model.answer("Who built it?", [memory], SHORT)
+    assert first.question == "Who built it?"
+    long_answer = "Robert Stevenson " * 200
+    follow_up = hybrid_model.answer("And when?", [memory], SHORT, history=[Exchange("Who built it?", long_answer)])
+    assert follow_up.question.startswith("Question: Who built it?\nAnswer: Robert Stevenson")
+    assert follow_up.question.endswith("\nQuestion: And when?")
+    # Earlier answers are cut short: the history stays a small part of the prompt.
+    assert len(tokenizer.encode(follow_up.question)) < 120
+    first.run()
+    follow_up.run()
+    assert follow_up.stats.prompt_positions > first.stats.prompt_positions
+
+
+def test_nothing_matches_is_said_and_answering_anyway_uses_no_memory(hybrid_library) -> None:
+    answer = hybrid_library.ask("What is the capital of Mongolia's neighbouring desert province?", settings=SHORT)
+    assert answer.outcome is AnswerOutcome.NOTHING_MATCHES
+    assert answer.stream is None and list(answer) == [] and answer.sources == []
+    assert answer.notes[-1].startswith("Nothing in your library matches this question.")
+    assert answer.best_similarity is not None and answer.best_similarity < RetrievalParams().min_similarity
+    anyway = hybrid_library.ask("What is the capital of Mongolia?", settings=SHORT, without_sources=True)
+    assert anyway.outcome is AnswerOutcome.WITHOUT_SOURCES
+    anyway.stream.run()
+    assert anyway.stream.stats.memory_count == 0 and anyway.sources == []
+
+
+def test_a_follow_up_that_finds_nothing_keeps_the_previous_answers_memories(hybrid_library) -> None:
+    first = hybrid_library.ask("How do you feed a sourdough starter?", settings=SHORT)
+    "".join(first)
+    assert first.sources[0].path.name == "sourdough.txt"
+    history = [Turn("qqzx vvwk?", "".join(first), tuple(first.sources))]
+    kept = hybrid_library.ask("zzqv xxkw?", settings=SHORT, history=history)
+    assert kept.outcome is AnswerOutcome.KEPT_SOURCES
+    assert [s.text_hash for s in kept.sources] == [s.text_hash for s in first.sources]
+    kept.stream.run()
+    assert kept.stream.stats.memory_count == len(first.sources)
+
+
+def test_a_saved_chat_becomes_turns() -> None:
+    source = {"path": "/d/bell-rock.txt", "page": None, "char_start": 0, "char_end": 9, "text": "t", "score": 1.0,
+              "text_hash": "abc"}  # fmt: skip
+    messages = [
+        Message("user", "When was it built?"),
+        Message("assistant", "1810.", [source], {"outcome": "answered"}),
+        Message("user", "What about Mars?"),
+        Message("assistant", "Nothing in your library matches this question.", [], {"outcome": "nothing_matches"}),
+        Message("user", "And its height?"),
+    ]
+    result = turns(messages)
+    assert [t.question for t in result] == ["When was it built?", "What about Mars?", "And its height?"]
+    assert result[0].answer == "1810." and result[0].sources[0].text_hash == "abc"
+    assert result[1].answer == "" and result[1].sources == ()
+
+
+def test_a_library_indexed_without_embedder_backfills_when_the_bundle_gets_one(
+    make_library, bundle_copy, minilm_folder, landmarks, tmp_path
+) -> None:
+    """`dolphin-desk add-embedder` on a bundle in use: the next start embeds every earlier chunk
+    in the background and re-runs the Dolphin encoder for none of them."""
+    from inference import DolphinModel
+    from onnx_export.embedder import add_embedder
+
+    data = tmp_path / "data"
+    first = make_library(data_dir=data, model=DolphinModel.load(bundle_copy))
+    first.add_folder(landmarks)
+    first.start()
+    first.index_until_done(timeout=120)
+    chunks = len(first.store.chunk_ids())
+    first.stop()
+    add_embedder(bundle_copy, str(minilm_folder))
+    model = DolphinModel.load(bundle_copy)
+    second = make_library(data_dir=data, model=model)
+    second.start()
+    second.index_until_done(timeout=120)
+    assert second.store.embedded_chunk_count(model.embedder.identity) == chunks
+    assert second.indexer.encoded == 0
+    assert _names(second.retrieve("Which beacon warns seafarers away from a drowned Scottish shoal?", k=1)) == [
+        "bell-rock.txt"
+    ]
+
+
+def test_cli_ask_says_nothing_matches_and_answers_anyway_on_request(int4_bundle, landmarks, tmp_path) -> None:
+    data = tmp_path / "data"
+
+    def cli(*args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run([sys.executable, "-m", "app", *args], capture_output=True, text=True, cwd=ROOT,
+                              check=False, timeout=300)  # fmt: skip
+
+    assert cli("index", str(landmarks), "--bundle", str(int4_bundle), "--data-dir", str(data)).returncode == 0
+    common = ("--bundle", str(int4_bundle), "--data-dir", str(data), "--max-new-tokens", "3")
+    found = cli("ask", *common, "--question", "Who designed the Eiffel Tower?", "--json")
+    result = json.loads(found.stdout)
+    assert result["outcome"] == "answered" and Path(result["sources"][0]["path"]).name == "eiffel-tower.txt"
+    assert result["sources"][0]["similarity"] > 0.3
+    nothing = cli("ask", *common, "--question", "How do I renew a Mongolian passport?")
+    assert nothing.returncode == 0
+    assert nothing.stdout.startswith("Nothing in your library matches this question.")
+    assert "--without-sources" in nothing.stderr
+    anyway = cli("ask", *common, "--question", "How do I renew a Mongolian passport?", "--without-sources", "--json")
+    result = json.loads(anyway.stdout)
+    assert result["outcome"] == "without_sources" and result["sources"] == [] and result["answer"] is not None
