@@ -137,10 +137,12 @@ class Answerer:
         found = self.retriever.search(question, k, earlier=[t.question for t in history])
         memories, sources, notes = self._memories(found)
         outcome = AnswerOutcome.ANSWERED
-        if not found.chunks and history and history[-1].sources:
-            memories, sources, notes = self._kept(history[-1].sources)
-            outcome = AnswerOutcome.KEPT_SOURCES
-            notes.insert(0, "nothing new matched this follow-up: answered from the previous answer's sources")
+        previous = history[-1].sources if history else ()
+        if previous and (found.bare_follow_up or (not found.chunks and not found.changed_subject)):
+            kept, kept_sources, _ = self._kept(previous)
+            if kept:
+                memories, sources, outcome = kept, kept_sources, AnswerOutcome.KEPT_SOURCES
+                notes = ["a follow-up: answered from the previous answer's sources"]
         if not memories:
             reason = _nothing_reason(found, self.retriever.params.min_similarity)
             return LibraryAnswer(
@@ -189,10 +191,10 @@ class Answerer:
 
 def _nothing_reason(found: Retrieved, threshold: float) -> str:
     if found.chunks:
-        return "the matching passages have no memories yet: they are still being indexed"
+        return "The passages that match have no memories yet: they are still being indexed."
     if found.best_similarity is not None:
         return (
-            f"{NOTHING_MATCHES_MESSAGE} The closest passage is {found.best_similarity:.2f} similar "
-            f"(below {threshold:.2f})."
+            f"{NOTHING_MATCHES_MESSAGE} The closest passage has a similarity of {found.best_similarity:.2f}; "
+            f"a match needs {threshold:.2f}."
         )
     return f"{NOTHING_MATCHES_MESSAGE} No passage shares a word with it."

@@ -320,6 +320,14 @@ class Library:
                 target=self._reconcile_periodically, name="dolphin-reconcile", daemon=True
             )
             self._reconciler.start()
+            threading.Thread(target=self._warm_up_search, name="dolphin-search-warm-up", daemon=True).start()
+
+    def _warm_up_search(self) -> None:
+        """The app's first question should not wait for the search matrix to be read."""
+        try:
+            self.answerer.retriever.warm_up()
+        except Exception as exc:  # noqa: BLE001 - a closing library; the first question reads it instead
+            log.debug("search warm-up skipped: %s", exc)
 
     def _watch(self, folder: Folder) -> None:
         if self.watcher is None or not folder.path.is_dir():
