@@ -35,17 +35,9 @@ from PySide6.QtWidgets import QApplication
 from app.settings import Settings, save_settings
 from app.ui.main import create_window
 from benchmarks.gui_stall import StallMeter, wait_until
+from benchmarks.kjv import KJV, QUESTIONS
 
-KJV = Path(__file__).resolve().parent / "data" / "kjv"
 RESULTS = Path(__file__).resolve().parent / "results"
-QUESTIONS = (
-    "How long was Jonah inside the great fish?",
-    "Whom did Ruth marry?",
-    "What did Pharaoh dream about the cows?",
-    "Why was Daniel thrown to the lions?",
-    "What did Esther ask of the king?",
-    "Who sold Joseph into Egypt?",
-)
 
 
 def make_documents(folder: Path, count: int) -> int:

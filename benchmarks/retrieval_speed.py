@@ -34,20 +34,10 @@ from app.library.retrieval import Retriever
 from app.library.states import DocumentState
 from app.library.store import ChunkRecord, Store
 from benchmarks.answer import CHUNK_TOKENS, document_ids
+from benchmarks.kjv import KJV, QUESTIONS
 from inference import DolphinModel
 
-KJV = Path(__file__).resolve().parent / "data" / "kjv"
 CHUNK_CHARS = 1500  # about 384 Qwen2 tokens of English
-QUESTIONS = (
-    "How long was Jonah inside the great fish?",
-    "Whom did Ruth marry?",
-    "What did Pharaoh dream about the cows?",
-    "Why was Daniel thrown to the lions?",
-    "What did Esther ask of the king?",
-    "Who sold Joseph into Egypt?",
-    "What happened to the city of Nineveh?",
-    "Who was Mordecai?",
-)
 
 
 def text_windows(count: int) -> list[str]:

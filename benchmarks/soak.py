@@ -32,17 +32,10 @@ import threading
 import time
 from pathlib import Path
 
+from benchmarks.kjv import KJV, QUESTIONS
+
 ROOT = Path(__file__).resolve().parents[1]
-KJV = ROOT / "benchmarks" / "data" / "kjv"
 SAMPLE_S = 10.0
-QUESTIONS = [
-    "How long was Jonah inside the great fish?",
-    "Whom did Ruth marry?",
-    "What did Pharaoh dream about the cows?",
-    "Why was Daniel thrown to the lions?",
-    "What did Esther ask of the king?",
-    "Who sold Joseph into Egypt?",
-]
 
 
 # child: the window ------------------------------------------------------------------------
