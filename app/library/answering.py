@@ -139,7 +139,7 @@ class Answerer:
         outcome = AnswerOutcome.ANSWERED
         previous = history[-1].sources if history else ()
         if previous and (found.bare_follow_up or (not found.chunks and not found.changed_subject)):
-            kept, kept_sources, _ = self._kept(previous)
+            kept, kept_sources = self._kept(previous)
             if kept:
                 memories, sources, outcome = kept, kept_sources, AnswerOutcome.KEPT_SOURCES
                 notes = ["a follow-up: answered from the previous answer's sources"]
@@ -177,7 +177,7 @@ class Answerer:
             )
         return memories, sources, notes
 
-    def _kept(self, earlier: Sequence[Source]) -> tuple[list[Memory], list[Source], list[str]]:
+    def _kept(self, earlier: Sequence[Source]) -> tuple[list[Memory], list[Source]]:
         memories: list[Memory] = []
         sources: list[Source] = []
         identity = self._model.encoder_identity
@@ -186,7 +186,7 @@ class Answerer:
             if stored is not None:
                 memories.append(Memory(stored[0], stored[1], identity))
                 sources.append(source)
-        return memories, sources, []
+        return memories, sources
 
 
 def _nothing_reason(found: Retrieved, threshold: float) -> str:

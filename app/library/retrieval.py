@@ -202,8 +202,3 @@ class Retriever:
         by_id.update(self._store.chunks_by_id([i for i in best if i not in by_id]))
         chunks = [replace(by_id[i], score=fused[i], similarity=similarity.get(i)) for i in best if i in by_id]
         return Retrieved(chunks, best_similarity, "hybrid")
-
-
-def retrieve(store: Store, question: str, k: int = DEFAULT_TOP_K) -> list[StoredChunk]:
-    """BM25 alone (no embedder): kept for callers that have only a store."""
-    return Retriever(store).search(question, k).chunks
