@@ -8,9 +8,13 @@ folder, so nothing saved overrides them). A hit at k: the answer's file is among
 
     python -m benchmarks.holdout --bundle B [--json benchmarks/results/retrieval-holdout.json]
 
-B is a bundle with an embedder (the tiny test bundle with all-MiniLM-L6-v2 is enough: the
-decoder's answer does not matter here, only its sources). `--chunk-tokens` changes the one
-setting that matters for the tiny bundle's tokenizer, which counts ~3x more tokens than Qwen2's.
+B is a bundle with an embedder; its decoder's answer does not matter here, only its sources, but
+its tokenizer does: chunk sizes are counted in it. The tiny test tokenizer counts ~3x more
+tokens than Qwen2's, so its default chunks hold a third of the text a real bundle's hold. The
+check that counts is run on a random-weight bundle with Qwen2's real vocabulary:
+
+    python -m onnx_export.random_checkpoint CKPT --vocabulary qwen2
+    python -m onnx_export CKPT B --embedder MINILM_FOLDER
 """
 
 from __future__ import annotations
@@ -22,6 +26,8 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+
+from tokenizers import Tokenizer
 
 from benchmarks.qa_sets import build
 
@@ -65,6 +71,7 @@ def run(bundle: Path, work: Path, chunk_tokens: int | None, limit: int | None) -
     result = {
         "set": "python-faq (Python 3.11 FAQ, python3.11-doc; held out)",
         "bundle_embedder": json.loads((bundle / "manifest.json").read_text())["embedder"]["source"],
+        "bundle_vocabulary": Tokenizer.from_file(str(bundle / "tokenizer.json")).get_vocab_size(),
         "chunk_tokens": chunk_tokens or "default",
         "documents": len(qa.documents),
         "questions": n,

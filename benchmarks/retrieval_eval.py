@@ -9,8 +9,9 @@ its own it wrongly rejects.
 
     python -m benchmarks.retrieval_eval --bundle B [--json benchmarks/results/retrieval.json]
 
-B must carry an embedder (`dolphin-desk add-embedder B ...`); the Dolphin model in it does not
-matter here (the tiny test bundle with all-MiniLM-L6-v2 added is enough).
+B must carry an embedder (`dolphin-desk add-embedder B ...`); the Dolphin model's weights do not
+matter here, its tokenizer does (chunk sizes): the committed results use a random-weight bundle
+with Qwen2's real vocabulary, made as benchmarks/holdout.py says.
 """
 
 from __future__ import annotations
@@ -52,7 +53,12 @@ def evaluate(bundle: Path, work: Path, chunk_tokens: int) -> dict:
         raise SystemExit(f"{bundle} has no embedder: dolphin-desk add-embedder {bundle} EMBEDDER")
     sets = {name: build(name, work / "packages") for name in DEV_SETS}
     libraries = {}
-    results: dict = {"embedder": model.embedder.identity, "chunk_tokens": chunk_tokens, "sets": {}}
+    results: dict = {
+        "embedder": model.embedder.identity,
+        "bundle_vocabulary": model.tokenizer.vocab_size,
+        "chunk_tokens": chunk_tokens,
+        "sets": {},
+    }
     for name, qa in sets.items():
         folder = qa.write(work / "corpora") / "docs"
         library = Library(work / f"data-{name}", model, chunk_tokens=chunk_tokens)
@@ -117,8 +123,8 @@ def main() -> None:
         "--chunk-tokens",
         type=int,
         default=384,
-        help="chunk size in the bundle's tokens (the tiny test tokenizer needs ~1024 for the ~300 words of 384 "
-        "real Qwen2 tokens)",
+        help="chunk size in the bundle's tokens (384, the app's default, on a bundle with Qwen2's real vocabulary: "
+        "see benchmarks/holdout.py; the tiny test tokenizer needs ~1024 for the same text)",
     )
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dolphin-retrieval-") as work:

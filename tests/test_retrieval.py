@@ -191,3 +191,43 @@ def test_cli_ask_says_nothing_matches_and_answers_anyway_on_request(int4_bundle,
     anyway = cli("ask", *common, "--question", "How do I renew a Mongolian passport?", "--without-sources", "--json")
     result = json.loads(anyway.stdout)
     assert result["outcome"] == "without_sources" and result["sources"] == [] and result["answer"] is not None
+
+
+def test_a_long_chunk_is_found_by_a_sentence_past_the_embedders_limit(hybrid_model, tmp_path: Path) -> None:
+    """all-MiniLM-L6-v2 reads 256 word pieces; a 384-token Qwen2 chunk is often longer. Its windows
+    still see the rest: a question about its last sentence finds it."""
+    import hashlib
+
+    from app.library.retrieval import Retriever
+    from app.library.states import DocumentState
+    from app.library.store import ChunkRecord, Store
+
+    embedder = hybrid_model.embedder
+    genesis = sorted((ROOT / "benchmarks" / "data" / "kjv").glob("*.txt"))[0].read_text(encoding="utf-8")
+    filler = " ".join(genesis.split()[:300])
+    last = "At dawn after the gale a keeper rowed out to the offshore beacon and relit its lamp."
+    long_text = f"{filler}\n{last}"
+    other = (LANDMARKS / "elizabeth-tower.txt").read_text()
+    assert len(embedder.windows(filler)) > 2  # the sentence lies past the 256 word pieces the model reads
+    vectors = embedder.embed_chunks([long_text, other])
+    assert vectors[0].shape[0] == 1 + len(embedder.windows(long_text)) >= 3
+    np.testing.assert_allclose(vectors[0][0], embedder.embed([long_text])[0], atol=1e-5)
+    assert embedder.windows(long_text)[-1].endswith(last)
+
+    store = Store(tmp_path / "data")
+    folder = store.add_folder(tmp_path)
+    hashes = []
+    for name, text in (("long.txt", long_text), ("other.txt", other)):
+        path = tmp_path / name
+        store.upsert_pending(folder.id, path, 0)
+        text_hash = hashlib.sha256(text.encode()).hexdigest()
+        store.replace_chunks(path, [ChunkRecord(0, text, 0, len(text), None, 384, text_hash)], 1, 0.0, name,
+                             DocumentState.READY)  # fmt: skip
+        hashes.append(text_hash)
+    store.put_embeddings(embedder.identity, dict(zip(hashes, vectors, strict=True)))
+    question = "Who rowed out at dawn to relight the lamp of the offshore beacon?"
+    found = Retriever(store, embedder).search(question, k=1, params=RetrievalParams(min_similarity=-1))
+    assert _names(found.chunks) == ["long.txt"]
+    whole_only = float(vectors[0][0] @ embedder.embed([question], "query")[0])
+    assert found.best_similarity > whole_only + 0.05  # the windows, not the truncated whole text, found it
+    store.close()
