@@ -36,7 +36,6 @@ from app.library.store import ChunkRecord, Store
 from benchmarks.answer import CHUNK_TOKENS, document_ids
 from benchmarks.kjv import KJV, QUESTIONS
 from inference import DolphinModel
-from inference.embedder import TextEmbedder
 
 CHUNK_CHARS = 1500  # about 384 Qwen2 tokens of English
 
@@ -57,11 +56,7 @@ def text_windows(count: int) -> list[str]:
     return windows[:count]
 
 
-def fill_store(store: Store, texts: list[str], embedder: TextEmbedder) -> int:
-    """Random unit vectors (embedding 20,000 chunks would take longer than the benchmark), as many
-    per chunk as the embedder makes for its text: the whole text's and its windows'. Returns
-    how many vectors were stored."""
-    stored = 0
+def fill_store(store: Store, texts: list[str], embedder_identity: str, dim: int) -> None:
     rng = np.random.default_rng(0)
     folder = store.add_folder(Path("/library"))
     per_document = 20
@@ -73,20 +68,16 @@ def fill_store(store: Store, texts: list[str], embedder: TextEmbedder) -> int:
             for i, text in enumerate(texts[first : first + per_document])
         ]
         store.replace_chunks(path, chunks, 1, 0.0, path.name, DocumentState.READY)
-        vectors = {}
-        for chunk in chunks:
-            rows = rng.standard_normal((1 + len(embedder.windows(chunk.text)), embedder.dim)).astype(np.float32)
-            vectors[chunk.text_hash] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
-        store.put_embeddings(embedder.identity, vectors)
-        stored += sum(len(v) for v in vectors.values())
-    return stored
+        vectors = rng.standard_normal((len(chunks), dim)).astype(np.float32)
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        store.put_embeddings(embedder_identity, {c.text_hash: v for c, v in zip(chunks, vectors, strict=True)})
 
 
 def search_latency(model: DolphinModel, chunks: int) -> dict[str, object]:
     with tempfile.TemporaryDirectory() as data_dir:
         store = Store(Path(data_dir))
         started = time.perf_counter()
-        vectors = fill_store(store, text_windows(chunks), model.embedder)
+        fill_store(store, text_windows(chunks), model.embedder.identity, model.embedder.dim)
         fill_s = time.perf_counter() - started
         retriever = Retriever(store, model.embedder)
         begun = time.perf_counter()
@@ -106,7 +97,6 @@ def search_latency(model: DolphinModel, chunks: int) -> dict[str, object]:
     timings.sort()
     return {
         "chunks": chunks,
-        "vectors_per_chunk": round(vectors / chunks, 2),
         "fill_s": round(fill_s, 1),
         "first_search_ms": round(first_ms, 1),
         "searches": len(timings),
@@ -127,10 +117,10 @@ def indexing_share(model: DolphinModel, chunks: int = 6) -> dict[str, object]:
         model.encoder.encode_ids(piece)
     encoder_s = (time.perf_counter() - started) / chunks
     texts = text_windows(chunks * 10)
-    model.embedder.embed_chunks(texts[:2])
+    model.embedder.embed(texts[:2])
     started = time.perf_counter()
     for text in texts:
-        model.embedder.embed_chunks([text])  # one at a time: the slowest way the indexer can call it
+        model.embedder.embed([text])  # one at a time: the slowest way the indexer can call it
     embedder_s = (time.perf_counter() - started) / len(texts)
     return {
         "encoder": f"{model.manifest.encoder.hidden_size}-wide, {model.manifest.encoder.num_layers} layers, "

@@ -67,7 +67,7 @@ T = TypeVar("T")
 class EmbedderLike(Protocol):
     identity: str
 
-    def embed_chunks(self, texts: list[str]) -> list[np.ndarray]: ...
+    def embed(self, texts: list[str], kind: str = "document") -> np.ndarray: ...
 
 
 class EncoderLike(Protocol):
@@ -413,7 +413,7 @@ class Indexer:
             return
         missing = self._store.missing_embeddings(texts, embedder.identity)
         if missing:
-            vectors = embedder.embed_chunks([texts[h] for h in missing])
+            vectors = embedder.embed([texts[h] for h in missing])
             self._store.put_embeddings(embedder.identity, dict(zip(missing, vectors, strict=True)))
 
     def _backfill_embeddings(self) -> bool:

@@ -73,61 +73,37 @@ def fts_query(question: str) -> str | None:
 
 
 class DenseIndex:
-    """Every chunk's vectors as one matrix, refreshed when the database changed.
+    """Every chunk's embedding as one matrix, refreshed when the database changed."""
 
-    A chunk has one vector for its whole text and, when it is longer than the embedder's window,
-    one per window (inference/embedder.py). Its score is the mean of the whole text's cosine and
-    its best window's: the whole text says what the chunk is about, a window finds the one
-    sentence that answers when the rest of the chunk is about something else.
-    """
-
-    def __init__(self, store: Store, embedder_identity: str, dim: int) -> None:
+    def __init__(self, store: Store, embedder_identity: str) -> None:
         self._store = store
         self._identity = embedder_identity
-        self._dim = dim
         self._ids = np.zeros(0, dtype=np.int64)
-        self._counts = np.zeros(0, dtype=np.int64)  # vectors per chunk
-        self._matrix = np.zeros((0, dim), dtype=np.float32)
-        self._whole_rows = np.zeros(0, dtype=np.int64)
-        self._window_rows = np.zeros(0, dtype=np.int64)
-        self._window_starts = np.zeros(0, dtype=np.int64)
+        self._matrix: np.ndarray | None = None
         self._version: tuple[int, int] | None = None
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
         version = self._store.data_version()
-        if version == self._version:
+        if version == self._version and self._matrix is not None:
             return
         # Incremental: drop chunks that are gone, add those newer than the newest known. An
         # embedding that arrived for an older chunk (the background backfill) shows as a
         # count that does not add up, and the matrix is read again whole.
         current = np.asarray(self._store.chunk_ids(), dtype=np.int64)
         keep = np.isin(self._ids, current)
-        ids, counts = self._ids[keep], self._counts[keep]
-        parts = [self._matrix[np.repeat(keep, self._counts)]]
+        ids = self._ids[keep]
+        rows = [self._matrix[keep]] if self._matrix is not None and keep.any() else []
         fresh = self._store.chunk_embeddings(self._identity, after_id=int(ids.max()) if len(ids) else 0)
         if fresh:
-            fresh_ids, fresh_counts, fresh_matrix = self._unpack(fresh)
-            ids, counts = np.concatenate([ids, fresh_ids]), np.concatenate([counts, fresh_counts])
-            parts.append(fresh_matrix)
-        matrix = np.vstack(parts)
+            ids = np.concatenate([ids, np.asarray([i for i, _ in fresh], dtype=np.int64)])
+            rows.append(_matrix(fresh))
         if len(ids) != self._store.embedded_chunk_count(self._identity):
-            ids, counts, matrix = self._unpack(self._store.chunk_embeddings(self._identity))
-        self._ids, self._counts, self._matrix = ids, counts, matrix
-        starts = np.concatenate([[0], np.cumsum(counts)[:-1]]).astype(np.int64) if len(counts) else counts
-        self._whole_rows = starts
-        # The rows a chunk's best window is taken from: its windows, or its whole text if it has none.
-        windows = [np.arange(s + 1, s + c) if c > 1 else np.asarray([s]) for s, c in zip(starts, counts, strict=True)]
-        self._window_rows = np.concatenate(windows).astype(np.int64) if windows else starts
-        self._window_starts = np.concatenate([[0], np.cumsum([len(w) for w in windows])[:-1]]).astype(np.int64)
+            every = self._store.chunk_embeddings(self._identity)
+            ids, rows = np.asarray([i for i, _ in every], dtype=np.int64), [_matrix(every)] if every else []
+        self._ids = ids
+        self._matrix = np.vstack(rows) if rows else None
         self._version = version
-
-    def _unpack(self, pairs: list[tuple[int, bytes]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        width = 4 * self._dim
-        ids = np.asarray([i for i, _ in pairs], dtype=np.int64)
-        counts = np.asarray([len(v) // width for _, v in pairs], dtype=np.int64)
-        matrix = np.frombuffer(b"".join(v for _, v in pairs), dtype=np.float32).reshape(-1, self._dim)
-        return ids, counts, matrix
 
     def warm_up(self) -> None:
         """Read the matrix now (a third of a second at 20,000 chunks) rather than at the first question."""
@@ -135,16 +111,18 @@ class DenseIndex:
             self._refresh()
 
     def search(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
-        """(chunk id, similarity) of the `limit` most similar chunks."""
+        """(chunk id, cosine) of the `limit` nearest chunks."""
         with self._lock:
             self._refresh()
-            if not len(self._ids):
+            if self._matrix is None or not len(self._ids):
                 return []
-            cosines = self._matrix @ vector
-            best_window = np.maximum.reduceat(cosines[self._window_rows], self._window_starts)
-            similarities = (cosines[self._whole_rows] + best_window) / 2
-            top = np.argsort(-similarities)[:limit]
+            similarities = self._matrix @ vector
+            top = np.argsort(-similarities)[:limit] if len(similarities) > limit else np.argsort(-similarities)
             return [(int(self._ids[i]), float(similarities[i])) for i in top]
+
+
+def _matrix(pairs: list[tuple[int, bytes]]) -> np.ndarray:
+    return np.frombuffer(b"".join(v for _, v in pairs), dtype=np.float32).reshape(len(pairs), -1)
 
 
 class Retriever:
@@ -152,7 +130,7 @@ class Retriever:
         self._store = store
         self._embedder = embedder
         self.params = params or RetrievalParams()
-        self._dense = DenseIndex(store, embedder.identity, embedder.dim) if embedder is not None else None  # type: ignore[attr-defined]
+        self._dense = DenseIndex(store, embedder.identity) if embedder is not None else None  # type: ignore[attr-defined]
 
     @property
     def method(self) -> str:

@@ -713,8 +713,7 @@ class Store:
         return [(r["text_hash"], r["text"]) for r in rows]
 
     def chunk_embeddings(self, embedder: str, after_id: int = 0) -> list[tuple[int, bytes]]:
-        """(chunk id, float32 vectors' bytes) of every chunk with an embedding, ids above `after_id`
-        (a chunk may have several vectors: inference/embedder.py)."""
+        """(chunk id, float32 vector bytes) of every chunk with an embedding, ids above `after_id`."""
         rows = self._query(
             "SELECT c.id, e.vector FROM chunks c JOIN embeddings e ON e.text_hash = c.text_hash AND e.embedder = ? "
             "WHERE c.id > ? ORDER BY c.id",
