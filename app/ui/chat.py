@@ -5,7 +5,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from PySide6.QtCore import Qt, QTimer, QUrl, Signal
+from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
 from PySide6.QtGui import QDesktopServices, QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
@@ -40,6 +40,30 @@ def format_cost(stats: dict) -> str:
     return " · ".join(parts)
 
 
+class WrappedLabel(QLabel):
+    """A word-wrapped label as wide as the transcript and exactly as tall as its text there.
+
+    Its width policy is Ignored so a long line never widens the transcript, and its height comes
+    from height-for-width at the width it is given. QLabel's own minimum size hint is the height
+    its text needs at a narrow guessed width: summed over a conversation, those minimums made the
+    transcript far taller than its messages, and scrolling to the end showed blank space.
+    """
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setWordWrap(True)
+        policy = QSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
+        policy.setHeightForWidth(True)
+        self.setSizePolicy(policy)
+
+    def minimumSizeHint(self) -> QSize:
+        return QSize(0, self.fontMetrics().height())
+
+    def sizeHint(self) -> QSize:
+        width = max(self.width(), 200)
+        return QSize(width, self.heightForWidth(width))
+
+
 class MessageView(QFrame):
     """One message; an assistant message can grow while it streams.
 
@@ -58,30 +82,29 @@ class MessageView(QFrame):
         who = QLabel("Dolphin" if message.role == "assistant" else "You")
         who.setObjectName("messageAuthor")
         layout.addWidget(who)
-        self.body = QLabel()
+        self.body = WrappedLabel()
         self.body.setObjectName("messageBody")
         self.body.setTextFormat(Qt.TextFormat.MarkdownText)
-        self.body.setWordWrap(True)
         self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
-        self.body.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         layout.addWidget(self.body)
-        self.sources = QLabel()
+        self.sources = WrappedLabel()
         self.sources.setObjectName("messageSources")
         self.sources.setTextFormat(Qt.TextFormat.RichText)
-        self.sources.setWordWrap(True)
         self.sources.setOpenExternalLinks(False)
-        self.sources.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         self.sources.linkActivated.connect(lambda url: QDesktopServices.openUrl(QUrl(url)))
         layout.addWidget(self.sources)
-        self.cost = QLabel()
+        self.cost = WrappedLabel()
         self.cost.setObjectName("messageCost")
-        self.cost.setWordWrap(True)
-        self.cost.setSizePolicy(QSizePolicy.Policy.Ignored, QSizePolicy.Policy.Minimum)
         layout.addWidget(self.cost)
         self.anyway: QPushButton | None = None
         self.text = message.text
         self.set_text(message.text)
         self.set_details(message.sources, message.stats)
+
+    def minimumSizeHint(self) -> QSize:
+        """Its real height is height-for-width at the transcript's width (the layout asks for it);
+        a minimum from narrower guesses would only add blank space under the conversation."""
+        return QSize(super().minimumSizeHint().width(), 0)
 
     def set_text(self, text: str) -> None:
         self.text = text
@@ -122,6 +145,9 @@ class MessageView(QFrame):
 
 
 class Transcript(QScrollArea):
+    """The conversation, scrolled. It follows the newest text while the user is at the bottom,
+    and stays where the user scrolled to while they read further up."""
+
     answer_anyway = Signal(str)
 
     def __init__(self, parent: QWidget | None = None) -> None:
@@ -137,6 +163,11 @@ class Transcript(QScrollArea):
         self._layout.addStretch(1)
         self.setWidget(self._inner)
         self.views: list[MessageView] = []
+        self._following = True
+        bar = self.verticalScrollBar()
+        # Messages get their height only once laid out, after they were added: follow the range.
+        bar.rangeChanged.connect(self._range_changed)
+        bar.valueChanged.connect(self._value_changed)
 
     def clear(self) -> None:
         for view in self.views:
@@ -152,8 +183,16 @@ class Transcript(QScrollArea):
         return view
 
     def scroll_to_end(self) -> None:
+        self._following = True
         bar = self.verticalScrollBar()
         bar.setValue(bar.maximum())
+
+    def _range_changed(self, _minimum: int, maximum: int) -> None:
+        if self._following:
+            self.verticalScrollBar().setValue(maximum)
+
+    def _value_changed(self, value: int) -> None:
+        self._following = value >= self.verticalScrollBar().maximum() - 4
 
 
 class Composer(QPlainTextEdit):
@@ -250,7 +289,6 @@ class ChatPanel(QWidget):
         if self._streaming is not None and self._pending_text is not None:
             self._streaming.set_text(self._pending_text)
             self._pending_text = None
-            self.transcript.scroll_to_end()
 
     def finish_answer(self, text: str, sources: list[dict], stats: dict) -> None:
         self._flush.stop()
@@ -259,7 +297,6 @@ class ChatPanel(QWidget):
             self._streaming.set_text(text)
             self._streaming.set_details(sources, stats)
             self._streaming = None
-        self.transcript.scroll_to_end()
 
     def show_banner(self, text: str) -> None:
         self.banner.setText(text)
