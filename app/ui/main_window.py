@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import Qt, QUrl
+from PySide6.QtCore import QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
@@ -58,10 +58,31 @@ class ConversationList(QWidget):
         layout.addLayout(row)
 
 
+class RemoteRequests(QObject):
+    """Requests from other processes on this library (app/instance.py), handed to the GUI thread.
+
+    `handle` runs on the channel's thread: it only emits, and the window acts in its own thread.
+    """
+
+    show_requested = Signal()
+    add_folder_requested = Signal(str)
+
+    def handle(self, request: dict) -> dict:
+        op = request.get("op")
+        if op == "show":
+            self.show_requested.emit()
+            return {"ok": True}
+        if op == "add_folder" and isinstance(request.get("path"), str):
+            self.add_folder_requested.emit(request["path"])
+            return {"ok": True}
+        return {"ok": False, "error": f"unknown request {op!r}"}
+
+
 class MainWindow(QMainWindow):
     def __init__(self, controller: AppController) -> None:
         super().__init__()
         self.controller = controller
+        self.remote = RemoteRequests(self)
         self.worker: AnswerWorker | None = None
         self.conversation_id: int | None = None
         self.setWindowTitle(APP_TITLE)
@@ -141,6 +162,16 @@ class MainWindow(QMainWindow):
         self.sidebar.rename_button.clicked.connect(self.rename_conversation)
         self.sidebar.delete_button.clicked.connect(self.delete_conversation)
         self.sidebar.list.currentItemChanged.connect(self._conversation_selected)
+        self.remote.show_requested.connect(self.bring_to_front)
+        self.remote.add_folder_requested.connect(c.add_folder)
+
+    def bring_to_front(self) -> None:
+        """Another start on this library asked for the window (app/instance.py)."""
+        if self.isMinimized():
+            self.showNormal()
+        self.show()
+        self.raise_()
+        self.activateWindow()
 
     # model and library ----------------------------------------------------------------------
 
