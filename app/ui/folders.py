@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QHeaderView,
     QLabel,
     QMenu,
+    QMessageBox,
     QProgressBar,
     QPushButton,
     QTableView,
@@ -61,7 +62,8 @@ class FoldersPanel(QWidget):
         layout.addWidget(hint)
         buttons = QHBoxLayout()
         self.add_button = QPushButton("Add folder…")
-        self.remove_button = QPushButton("Remove")
+        self.remove_button = QPushButton("Remove folder…")
+        self.remove_button.setToolTip("Take the selected folder out of the library (the files on disk are not touched)")
         self.pause_button = QPushButton("Pause")
         self.pause_button.setCheckable(True)
         for button in (self.add_button, self.remove_button, self.pause_button):
@@ -137,7 +139,40 @@ class FoldersPanel(QWidget):
     def _remove_selected(self) -> None:
         index = self.folder_list.currentIndex()
         if index.isValid():
-            self.remove_folder.emit(index.siblingAtColumn(0).data(PATH_ROLE))
+            self.confirm_removal(index.siblingAtColumn(0).data(PATH_ROLE))
+
+    def confirm_removal(self, path: str) -> QMessageBox:
+        """Removing a folder drops its memories, hours of encoding for a big one: ask first.
+
+        The box is window-modal and answered through a signal, so the event loop keeps running.
+        Whatever is selected in the documents list, it is the whole folder that goes, and the box
+        says so.
+        """
+        count = next(
+            (
+                self.model.rowCount(self.model.index(row, 0))
+                for row in range(self.model.rowCount())
+                if self.model.index(row, 0).data(PATH_ROLE) == path
+            ),
+            0,
+        )
+        box = QMessageBox(self)
+        box.setObjectName("confirmRemoveFolder")
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Remove folder")
+        box.setText(f"Remove the folder “{Path(path).name}” from the library?")
+        box.setInformativeText(
+            f"Its {count:,} document{'s' if count != 1 else ''} and their memories leave the library, "
+            "and the folder is no longer watched. The files on disk are not touched; adding the "
+            "folder again indexes it again."
+        )
+        remove = box.addButton("Remove folder", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.finished.connect(lambda _: self.remove_folder.emit(path) if box.clickedButton() is remove else None)
+        box.open()
+        return box
 
     def _toggle_pause(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")
@@ -159,7 +194,7 @@ class FoldersPanel(QWidget):
         menu.addAction("Show in file manager", lambda: reveal_in_file_manager(path))
         menu.addAction("Re-index", lambda: self.reindex.emit(str(path)))
         if view is self.folder_list:
-            menu.addAction("Remove from library", lambda: self.remove_folder.emit(str(path)))
+            menu.addAction("Remove from library…", lambda: self.confirm_removal(str(path)))
         menu.popup(view.viewport().mapToGlobal(position))
 
     def _show_folder(self, current: QModelIndex, _previous: QModelIndex | None = None) -> None:
@@ -196,9 +231,7 @@ class FoldersPanel(QWidget):
 
     def folder_rows(self) -> list[tuple[str, str]]:
         """(name, summary) per folder, as shown."""
-        return [
-            (self.model.index(r, 0).data(), self.model.index(r, 2).data()) for r in range(self.model.rowCount())
-        ]
+        return [(self.model.index(r, 0).data(), self.model.index(r, 2).data()) for r in range(self.model.rowCount())]
 
     def document_rows(self, folder_row: int = 0) -> dict[str, str]:
         """Name -> state column of a folder's children (problem rows start with ⚠), as shown."""

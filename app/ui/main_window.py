@@ -244,8 +244,13 @@ class MainWindow(QMainWindow):
         self.setWindowTitle(f"{APP_TITLE} — {current.text()}")
 
     def new_conversation(self) -> None:
-        conversation = self.controller.chats.create()
+        """An empty chat is reused rather than another one piled on top of it."""
+        empty = next(
+            (c for c in self.controller.chats.conversations() if not self.controller.chats.messages(c.id)), None
+        )
+        conversation = empty or self.controller.chats.create()
         self._load_conversations(select=conversation.id)
+        self.chat.composer.setFocus()
 
     def rename_conversation(self) -> None:
         item = self.sidebar.list.currentItem()
@@ -256,11 +261,37 @@ class MainWindow(QMainWindow):
             self.controller.chats.rename(item.data(Qt.ItemDataRole.UserRole), title)
             self._load_conversations(select=item.data(Qt.ItemDataRole.UserRole))
 
-    def delete_conversation(self) -> None:
+    def delete_conversation(self) -> QMessageBox | None:
+        """A chat cannot be brought back once deleted: ask first (a window-modal box answered
+        through a signal, so answers streaming elsewhere keep going)."""
         item = self.sidebar.list.currentItem()
         if item is None:
-            return
-        self.controller.chats.delete(item.data(Qt.ItemDataRole.UserRole))
+            return None
+        conversation = item.data(Qt.ItemDataRole.UserRole)
+        count = len(self.controller.chats.messages(conversation))
+        if count == 0:
+            self._delete_conversation(conversation)
+            return None
+        box = QMessageBox(self)
+        box.setObjectName("confirmDeleteChat")
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Delete chat")
+        box.setText(f"Delete the chat “{item.text()}”?")
+        box.setInformativeText(f"Its {count} message{'s' if count != 1 else ''} cannot be brought back.")
+        delete = box.addButton("Delete chat", QMessageBox.ButtonRole.DestructiveRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.finished.connect(
+            lambda _: self._delete_conversation(conversation) if box.clickedButton() is delete else None
+        )
+        box.open()
+        return box
+
+    def _delete_conversation(self, conversation: int) -> None:
+        if conversation == self.conversation_id and self.worker is not None:
+            self.stop_answer()
+        self.controller.chats.delete(conversation)
         self._load_conversations()
 
     # answering -------------------------------------------------------------------------------
