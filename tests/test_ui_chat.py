@@ -71,3 +71,51 @@ def test_reading_further_up_is_not_interrupted_by_a_streaming_answer(qtbot) -> N
     assert bar.value() == 0
     panel.transcript.add(Message("user", "Thanks. One more?"))  # asking again brings the view down
     qtbot.waitUntil(lambda: bar.value() == bar.maximum(), timeout=5000)
+
+
+def _rendered(markdown: str):
+    from PySide6.QtGui import QTextDocument
+
+    document = QTextDocument()
+    document.setMarkdown(markdown)
+    return document
+
+
+def test_model_output_is_shown_safely(qtbot, tmp_path, monkeypatch) -> None:
+    import re
+
+    from PySide6.QtCore import Qt as QtNs
+    from PySide6.QtGui import QDesktopServices, QImage
+    from PySide6.QtWidgets import QMessageBox
+
+    from app.ui.chat import MessageView
+
+    picture = tmp_path / "secret.png"
+    QImage(8, 8, QImage.Format.Format_RGB32).save(str(picture))
+    answer = (
+        "Step\x1b[31m one\x07 \u202eevil\u202c.\n\n"
+        f'![chart]({picture.as_uri()}) <img src="{picture.as_uri()}"> '
+        '<a href="file:///etc/passwd">notes</a> and [the docs](https://docs.python.org/3/)\n\n'
+        "```\n<b>code stays</b>\n```"
+    )
+    view = MessageView(Message("assistant", answer))
+    qtbot.addWidget(view)
+    shown = view.body.text()
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", shown)
+    document = _rendered(shown)
+    html = document.toHtml()
+    assert "<img" not in html  # nothing is loaded from the disk (or anywhere) to lay the answer out
+    assert re.findall(r'<a href="([^"]+)"', html) == [picture.as_uri(), "https://docs.python.org/3/"]
+    assert "<b>code stays</b>" in document.toPlainText()
+    assert "image: chart" in document.toPlainText()
+    # A link asks before it opens, and shows where it goes.
+    opened: list[str] = []
+    monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
+    box = view.confirm_link("https://docs.python.org/3/")
+    assert box.informativeText() == "https://docs.python.org/3/"
+    qtbot.mouseClick(box.button(QMessageBox.StandardButton.Cancel), QtNs.MouseButton.LeftButton)
+    assert opened == []
+    box = view.confirm_link(picture.as_uri())
+    assert box.informativeText() == str(picture)
+    qtbot.mouseClick(next(b for b in box.buttons() if b.text() == "Open"), QtNs.MouseButton.LeftButton)
+    assert opened == [picture.as_uri()]

@@ -11,6 +11,7 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
@@ -20,6 +21,7 @@ from PySide6.QtWidgets import (
 )
 
 from app.chats import Message
+from app.display_text import safe_markdown, without_controls
 
 
 def format_cost(stats: dict) -> str:
@@ -85,7 +87,9 @@ class MessageView(QFrame):
         self.body = WrappedLabel()
         self.body.setObjectName("messageBody")
         self.body.setTextFormat(Qt.TextFormat.MarkdownText)
-        self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        self.body.setOpenExternalLinks(False)
+        self.body.linkActivated.connect(self.confirm_link)
         layout.addWidget(self.body)
         self.sources = WrappedLabel()
         self.sources.setObjectName("messageSources")
@@ -108,14 +112,32 @@ class MessageView(QFrame):
 
     def set_text(self, text: str) -> None:
         self.text = text
-        self.body.setText(text or "…")
+        self.body.setText(safe_markdown(text) or "…")
+
+    def confirm_link(self, url: str) -> QMessageBox:
+        """A link in an answer came from a model reading documents: show where it goes, then ask."""
+        target = QUrl(url)
+        where = target.toLocalFile() if target.isLocalFile() else target.toString()
+        box = QMessageBox(self)
+        box.setObjectName("confirmLink")
+        box.setIcon(QMessageBox.Icon.Question)
+        box.setWindowTitle("Open link")
+        box.setText("Open this link from the answer?")
+        box.setInformativeText(where)
+        open_button = box.addButton("Open", QMessageBox.ButtonRole.AcceptRole)
+        box.addButton(QMessageBox.StandardButton.Cancel)
+        box.setDefaultButton(QMessageBox.StandardButton.Cancel)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.finished.connect(lambda _: QDesktopServices.openUrl(target) if box.clickedButton() is open_button else None)
+        box.open()
+        return box
 
     def set_details(self, sources: list[dict], stats: dict) -> None:
         lines = []
         for number, source in enumerate(sources, start=1):
             path = Path(source["path"])
             page = f", page {source['page']}" if source.get("page") else ""
-            excerpt = " ".join(source.get("text", "").split())[:140]
+            excerpt = " ".join(without_controls(source.get("text", "")).split())[:140]
             url = QUrl.fromLocalFile(str(path)).toString()
             lines.append(
                 f'<a href="{html.escape(url)}">[{number}] {html.escape(path.name)}{page}</a>'
