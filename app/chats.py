@@ -100,6 +100,18 @@ class ChatStore:
             rows = self._db.execute("SELECT id, title, updated FROM conversations ORDER BY updated DESC").fetchall()
         return [Conversation(*row) for row in rows]
 
+    def search(self, text: str) -> list[Conversation]:
+        """Chats whose title or any message contains `text` (case-insensitive), newest first."""
+        pattern = "%" + text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_") + "%"
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT id, title, updated FROM conversations c WHERE c.title LIKE ?1 ESCAPE '\\' OR EXISTS "
+                "(SELECT 1 FROM messages m WHERE m.conversation_id = c.id AND m.text LIKE ?1 ESCAPE '\\') "
+                "ORDER BY updated DESC",
+                (pattern,),
+            ).fetchall()
+        return [Conversation(*row) for row in rows]
+
     def create(self, title: str = "New chat") -> Conversation:
         now = time.time()
         with self._lock:

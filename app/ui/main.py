@@ -17,10 +17,12 @@ from app.settings import SettingsError
 from app.ui.controller import AppController
 from app.ui.crash import CrashReporter
 from app.ui.main_window import MainWindow
+from app.ui.theme import Theme
 
 log = logging.getLogger("dolphin.ui")
 
 ASSETS = Path(__file__).resolve().parents[2] / "assets"
+_theme: Theme | None = None  # one per process: it follows the system's colour scheme for the app's lifetime
 
 
 def assets_dir() -> Path:
@@ -41,9 +43,9 @@ def create_window(data_dir: Path | None = None) -> tuple[MainWindow, AppControll
     icon = assets_dir() / "icon.svg"
     if icon.exists():
         app.setWindowIcon(QIcon(str(icon)))
-    style = assets_dir() / "style.qss"
-    if style.exists():
-        app.setStyleSheet(style.read_text(encoding="utf-8"))
+    global _theme
+    if _theme is None:
+        _theme = Theme(app, assets_dir())
     controller = AppController(data_dir or default_data_dir())
     window = MainWindow(controller)
     controller.load_model()

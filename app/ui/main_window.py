@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
-from PySide6.QtCore import QObject, Qt, QUrl, Signal
+import base64
+import json
+import logging
+
+from PySide6.QtCore import QByteArray, QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QHBoxLayout,
     QInputDialog,
     QLabel,
+    QLineEdit,
     QListWidget,
     QListWidgetItem,
     QMainWindow,
@@ -31,6 +36,11 @@ from app.ui.folders import FoldersPanel
 from app.ui.welcome import WelcomePage
 
 APP_TITLE = "Dolphin Desk"
+WINDOW_STATE = "window.json"  # in the data folder: size, position and panel widths
+# Below this width the side panels step aside so the chat keeps a readable width.
+NARROW_WIDTH = 1000
+
+log = logging.getLogger("dolphin.ui")
 
 
 class ConversationList(QWidget):
@@ -44,7 +54,13 @@ class ConversationList(QWidget):
         layout.addWidget(title)
         self.new_button = QPushButton("+ New chat")
         self.new_button.setObjectName("newChat")
+        self.new_button.setToolTip("New chat (Ctrl+N)")
         layout.addWidget(self.new_button)
+        self.search = QLineEdit()
+        self.search.setObjectName("chatSearch")
+        self.search.setPlaceholderText("Search chats (Ctrl+F)")
+        self.search.setClearButtonEnabled(True)
+        layout.addWidget(self.search)
         self.list = QListWidget()
         self.list.setObjectName("conversations")
         self.list.setHorizontalScrollBarPolicy(Qt.ScrollBarPolicy.ScrollBarAlwaysOff)
@@ -92,11 +108,14 @@ class MainWindow(QMainWindow):
         self.chat = ChatPanel()
         self.folders = FoldersPanel(controller.tree)
         splitter = QSplitter()
+        splitter.setObjectName("mainSplitter")
         splitter.addWidget(self.sidebar)
         splitter.addWidget(self.chat)
         splitter.addWidget(self.folders)
         splitter.setSizes([220, 700, 420])
         splitter.setChildrenCollapsible(False)
+        self.splitter = splitter
+        self._narrow: bool | None = None
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(splitter)
@@ -112,23 +131,65 @@ class MainWindow(QMainWindow):
         stop.activated.connect(self.stop_answer)
         self._load_conversations()
         self._on_model_state(controller.model_state, controller.model_message)
+        self._restore_window_state()
 
     # setup ---------------------------------------------------------------------------------
 
     def _build_menu(self) -> None:
         file_menu = self.menuBar().addMenu("&File")
+        new_chat = QAction("&New chat", self)
+        new_chat.setShortcut(QKeySequence.StandardKey.New)
+        new_chat.triggered.connect(self.new_conversation)
+        file_menu.addAction(new_chat)
         add = QAction("&Add folder…", self)
         add.triggered.connect(self.folders._choose_folder)
         file_menu.addAction(add)
+        self.add_folder_action = add
+        # Ctrl+, everywhere: Qt's Preferences key is empty on Linux and Windows.
         settings = QAction("&Settings…", self)
-        settings.setShortcut(QKeySequence.StandardKey.Preferences)
+        settings.setShortcuts(
+            [
+                QKeySequence("Ctrl+,"),
+                *[
+                    k
+                    for k in QKeySequence.keyBindings(QKeySequence.StandardKey.Preferences)
+                    if k != QKeySequence("Ctrl+,")
+                ],
+            ]
+        )
         settings.triggered.connect(self.open_settings)
         file_menu.addAction(settings)
+        self.settings_action = settings
         file_menu.addSeparator()
         quit_action = QAction("&Quit", self)
         quit_action.setShortcut(QKeySequence.StandardKey.Quit)
         quit_action.triggered.connect(self.close)
         file_menu.addAction(quit_action)
+        chat_menu = self.menuBar().addMenu("&Chat")
+        rename = QAction("&Rename chat…", self)
+        rename.setShortcut(QKeySequence(Qt.Key.Key_F2))
+        rename.triggered.connect(self.rename_conversation)
+        chat_menu.addAction(rename)
+        delete = QAction("&Delete chat…", self)
+        delete.triggered.connect(self.delete_conversation)
+        chat_menu.addAction(delete)
+        find = QAction("&Search chats", self)
+        find.setShortcut(QKeySequence.StandardKey.Find)
+        find.triggered.connect(self._focus_search)
+        chat_menu.addAction(find)
+        # Del deletes a chat only from the chat list: in the composer it deletes text.
+        delete_key = QShortcut(QKeySequence(QKeySequence.StandardKey.Delete), self.sidebar.list)
+        delete_key.setContext(Qt.ShortcutContext.WidgetShortcut)
+        delete_key.activated.connect(self.delete_conversation)
+        view_menu = self.menuBar().addMenu("&View")
+        self.chats_panel_action = QAction("&Chats panel", self, checkable=True, checked=True)
+        self.chats_panel_action.setShortcut(QKeySequence("Ctrl+Shift+C"))
+        self.chats_panel_action.toggled.connect(self.sidebar.setVisible)
+        view_menu.addAction(self.chats_panel_action)
+        self.folders_panel_action = QAction("&Folders panel", self, checkable=True, checked=True)
+        self.folders_panel_action.setShortcut(QKeySequence("Ctrl+Shift+F"))
+        self.folders_panel_action.toggled.connect(self.folders.setVisible)
+        view_menu.addAction(self.folders_panel_action)
         help_menu = self.menuBar().addMenu("&Help")
         show_log = QAction("Show &log", self)
         show_log.triggered.connect(lambda: open_log_file(self, log_path(self.controller.data_dir)))
@@ -162,6 +223,8 @@ class MainWindow(QMainWindow):
         self.sidebar.rename_button.clicked.connect(self.rename_conversation)
         self.sidebar.delete_button.clicked.connect(self.delete_conversation)
         self.sidebar.list.currentItemChanged.connect(self._conversation_selected)
+        self.sidebar.list.itemDoubleClicked.connect(lambda _item: self.rename_conversation())
+        self.sidebar.search.textChanged.connect(lambda _text: self._load_conversations(select=self.conversation_id))
         self.remote.show_requested.connect(self.bring_to_front)
         self.remote.add_folder_requested.connect(c.add_folder)
 
@@ -186,6 +249,12 @@ class MainWindow(QMainWindow):
             if state == "error":
                 self.welcome.show_message(f"The model bundle could not be loaded: {message}")
         self.chat.button.setEnabled(state == "ready" or self.chat.generating)
+        # Folders need the model's encoder: adding one before it is loaded could only fail later.
+        ready = state == "ready"
+        self.add_folder_action.setEnabled(ready)
+        self.folders.add_button.setEnabled(ready)
+        self.folders.add_button.setToolTip("" if ready else "Load a model first: folders are encoded with it")
+        self.folders.setAcceptDrops(ready)
 
     def _on_progress(self, progress: IndexProgress) -> None:
         self.folders.show_progress(progress)
@@ -219,9 +288,14 @@ class MainWindow(QMainWindow):
     # conversations ---------------------------------------------------------------------------
 
     def _load_conversations(self, select: int | None = None) -> None:
-        conversations = self.controller.chats.conversations()
-        if not conversations:
-            conversations = [self.controller.chats.create()]
+        query = self.sidebar.search.text().strip()
+        if query:
+            conversations = self.controller.chats.search(query)
+            if not conversations:
+                self.sidebar.list.clear()
+                return
+        else:
+            conversations = self.controller.chats.conversations() or [self.controller.chats.create()]
         self.sidebar.list.blockSignals(True)
         self.sidebar.list.clear()
         for conversation in conversations:
@@ -229,7 +303,8 @@ class MainWindow(QMainWindow):
             item.setData(Qt.ItemDataRole.UserRole, conversation.id)
             self.sidebar.list.addItem(item)
         self.sidebar.list.blockSignals(False)
-        target = select if select is not None else conversations[0].id
+        ids = [c.id for c in conversations]
+        target = select if select in ids else ids[0]
         for row in range(self.sidebar.list.count()):
             if self.sidebar.list.item(row).data(Qt.ItemDataRole.UserRole) == target:
                 self.sidebar.list.setCurrentRow(row)
@@ -294,6 +369,53 @@ class MainWindow(QMainWindow):
         self.controller.chats.delete(conversation)
         self._load_conversations()
 
+    def _focus_search(self) -> None:
+        self.chats_panel_action.setChecked(True)
+        self.sidebar.search.setFocus()
+        self.sidebar.search.selectAll()
+
+    # window state ----------------------------------------------------------------------------
+
+    def _restore_window_state(self) -> None:
+        """Size, position and panel widths as the user left them (a damaged file is ignored)."""
+        path = self.controller.data_dir / WINDOW_STATE
+        try:
+            state = json.loads(path.read_text(encoding="utf-8"))
+            geometry = QByteArray(base64.b64decode(state["geometry"]))
+            splitter = QByteArray(base64.b64decode(state["splitter"]))
+        except FileNotFoundError:
+            return
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            log.warning("window state in %s not used: %s", path, exc)
+            return
+        self.restoreGeometry(geometry)
+        self.splitter.restoreState(splitter)
+        self.chats_panel_action.setChecked(bool(state.get("chats_panel", True)))
+        self.folders_panel_action.setChecked(bool(state.get("folders_panel", True)))
+
+    def save_window_state(self) -> None:
+        state = {
+            "geometry": base64.b64encode(bytes(self.saveGeometry())).decode(),
+            "splitter": base64.b64encode(bytes(self.splitter.saveState())).decode(),
+            "chats_panel": self.chats_panel_action.isChecked(),
+            "folders_panel": self.folders_panel_action.isChecked(),
+        }
+        path = self.controller.data_dir / WINDOW_STATE
+        try:
+            path.write_text(json.dumps(state), encoding="utf-8")
+        except OSError as exc:
+            log.warning("window state not saved to %s: %s", path, exc)
+
+    def resizeEvent(self, event) -> None:  # noqa: ANN001 (QResizeEvent)
+        """Crossing NARROW_WIDTH hides or brings back both side panels; View shows either again."""
+        super().resizeEvent(event)
+        narrow = self.width() < NARROW_WIDTH
+        if narrow != self._narrow:
+            if self._narrow is not None or narrow:
+                self.chats_panel_action.setChecked(not narrow)
+                self.folders_panel_action.setChecked(not narrow)
+            self._narrow = narrow
+
     # answering -------------------------------------------------------------------------------
 
     def ask(self, question: str, without_sources: bool = False) -> None:
@@ -347,6 +469,7 @@ class MainWindow(QMainWindow):
         self.chat.set_generating(False)
 
     def closeEvent(self, event: QCloseEvent) -> None:
+        self.save_window_state()
         if self.worker is not None:
             self.worker.stop()
             self.worker.wait(10000)
