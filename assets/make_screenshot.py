@@ -1,4 +1,5 @@
-"""Take assets/screenshot.png: the main window with a real conversation over real files.
+"""Take assets/screenshot.png (1400x900) and assets/screenshot-800x600.png: the main window with a
+real three-question conversation over real files, at a desktop size and at a small one.
 
     QT_QPA_PLATFORM=offscreen python assets/make_screenshot.py [--bundle B]
 
@@ -37,7 +38,7 @@ def wait_until(condition, timeout_s: float = 120) -> None:  # noqa: ANN001
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--bundle", type=Path)
-    parser.add_argument("--out", type=Path, default=ROOT / "assets" / "screenshot.png")
+    parser.add_argument("--out", type=Path, default=ROOT / "assets", help="folder for the two screenshots")
     args = parser.parse_args()
     work = Path(tempfile.mkdtemp(prefix="dolphin-shot-"))
     bundle = args.bundle
@@ -53,7 +54,7 @@ def main() -> None:
     save_settings(work / "data", Settings(bundle_path=str(bundle), greedy=True, max_new_tokens=40))
     app = QApplication.instance() or QApplication(sys.argv)
     window, controller = create_window(work / "data")
-    window.resize(1360, 820)
+    window.resize(1400, 900)
     window.show()
     wait_until(lambda: controller.model_state == "ready")
     controller.add_folder(str(docs))
@@ -66,11 +67,18 @@ def main() -> None:
     )
     controller.chats.rename(window.conversation_id, "Jonah and the fish")
     window._load_conversations(select=window.conversation_id)
-    window.ask("How long was Jonah inside the great fish?")
-    wait_until(lambda: window.worker is None)
-    wait_until(lambda: False, timeout_s=1.5)
-    window.grab().save(str(args.out))
-    print(args.out)
+    for question in (
+        "How long was Jonah inside the great fish?",
+        "And what did he do in there?",
+        "Who went back to Bethlehem with Ruth?",
+    ):
+        window.ask(question)
+        wait_until(lambda: window.worker is None)
+    for (width, height), name in (((1400, 900), "screenshot.png"), ((800, 600), "screenshot-800x600.png")):
+        window.resize(width, height)
+        wait_until(lambda: False, timeout_s=1.5)
+        window.grab().save(str(args.out / name))
+        print(args.out / name)
     window.close()
     controller.shutdown()
     shutil.rmtree(work, ignore_errors=True)
