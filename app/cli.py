@@ -1,7 +1,8 @@
 """The `dolphin-desk` command: convert, encode and ask from a terminal.
 
 Every failure a user can cause ends as one `dolphin-desk: error: ...` line and exit status 1;
-`--debug` shows the traceback instead.
+`--debug` shows the traceback instead. Commands use the settings the app saved in the data folder
+(model bundle, provider, answer length, ...); a flag overrides one setting for one run.
 """
 
 from __future__ import annotations
@@ -9,6 +10,8 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
+import shlex
 import sys
 import time
 from collections.abc import Callable
@@ -20,6 +23,8 @@ from onnx_export import cli as convert_cli
 
 EXIT_ERROR = 1
 EXIT_INTERRUPTED = 130
+# Flags that override one saved setting (app/settings.py) for one run; None when not given.
+SETTING_FLAGS = ("top_k", "chunk_tokens", "max_new_tokens", "temperature", "top_p", "greedy", "provider", "threads")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -58,12 +63,17 @@ def _user_errors() -> tuple[type[BaseException], ...]:
 def run_guarded(action: Callable[[], int], debug: bool = False) -> int:
     """Run a command; turn user errors (and, without --debug, anything else) into one line."""
     try:
-        return action()
+        code = action()
+        sys.stdout.flush()  # a reader that went away shows here, not as "Exception ignored" at exit
+        return code
     except KeyboardInterrupt:
         print("\ndolphin-desk: interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
     except SystemExit:
         raise
+    except BrokenPipeError:
+        _silence_stdout()
+        return EXIT_ERROR
     except Exception as exc:
         if debug:
             raise
@@ -74,6 +84,18 @@ def run_guarded(action: Callable[[], int], debug: bool = False) -> int:
             message = f"unexpected {type(exc).__name__}: {exc} (run with --debug for details)"
         print(f"dolphin-desk: error: {message}", file=sys.stderr)
         return EXIT_ERROR
+
+
+def _silence_stdout() -> None:
+    """The reader of our output went away (`dolphin-desk status | head -1`): that is not an error
+    to report. Python flushes stdout again at exit, so it is pointed at devnull, as the Python
+    docs recommend (the signal module's note on SIGPIPE), and the command ends quietly."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # stdout without a file descriptor (a test's capture)
+        pass
 
 
 def _describe_os_error(exc: OSError) -> str:
@@ -88,17 +110,30 @@ def _read_context(path: Path) -> str:
         raise UnicodeDecodeError("utf-8", b"", 0, 1, f"{path} is not UTF-8 text") from None
 
 
-def _load_model(args: argparse.Namespace):  # noqa: ANN202 - DolphinModel, imported lazily
+def _bundle(args: argparse.Namespace, settings) -> Path:  # noqa: ANN001 - Settings, imported lazily
+    """--bundle, else the bundle the app was set to use, as the window would load it."""
+    from inference.bundle import BundleError
+
+    if args.bundle is not None:
+        return args.bundle.expanduser()
+    if settings.bundle_path:
+        return Path(settings.bundle_path).expanduser()
+    raise BundleError("no model bundle: pass --bundle BUNDLE, or choose one in the app's settings")
+
+
+def _load_model(args: argparse.Namespace, settings):  # noqa: ANN001, ANN202 - Settings, DolphinModel: lazy
+    """The model as the app loads it: the saved provider and threads unless flags say otherwise
+    (0 threads means every core)."""
     from inference import DolphinModel
 
-    return DolphinModel.load(args.bundle, provider=args.provider or "auto", threads=args.threads)
+    return DolphinModel.load(_bundle(args, settings), provider=settings.provider, threads=settings.threads or None)
 
 
 def cmd_encode(args: argparse.Namespace) -> int:
     import numpy as np
 
     text = _read_context(args.context_file)
-    model = _load_model(args)
+    model = _load_model(args, _settings(args))
     memory = model.encode(text)
     for note in memory.notes:
         print(f"dolphin-desk: note: {note}", file=sys.stderr)
@@ -110,26 +145,39 @@ def cmd_encode(args: argparse.Namespace) -> int:
 
 
 def _data_dir(args: argparse.Namespace) -> Path:
+    """Absolute, so what the commands report (status --json, error lines) names the same folder
+    from wherever it is read, as the library's own folder paths do."""
     from app.library.paths import default_data_dir
 
-    return Path(args.data_dir).expanduser() if args.data_dir else default_data_dir()
+    given = getattr(args, "data_dir", None)
+    return (Path(given).expanduser() if given else default_data_dir()).resolve()
+
+
+def _require_library(args: argparse.Namespace) -> Path:
+    """The data folder, when it holds a library. Reading one must not create one: a mistyped
+    --data-dir would otherwise leave an empty library (and a log folder) behind and answer from
+    nothing."""
+    from app.library.library import LibraryError
+    from app.library.store import DB_NAME
+
+    data_dir = _data_dir(args)
+    if not (data_dir / DB_NAME).exists():
+        flag = f" --data-dir {shlex.quote(str(data_dir))}" if getattr(args, "data_dir", None) else ""
+        raise LibraryError(f"no library in {data_dir}: index a folder first with `dolphin-desk index FOLDER{flag}`")
+    return data_dir
 
 
 def _settings(args: argparse.Namespace):  # noqa: ANN202 - Settings, imported lazily
     """The saved settings of the data folder, with this command's flags over them (a flag
-    that was not given leaves the saved value); checked against the settings schema."""
+    that was not given is None and leaves the saved value); checked against the settings schema."""
     import dataclasses
 
     from app.settings import SettingsError, load_settings
 
-    settings, _ = load_settings(_data_dir(args))
-    overrides = {
-        name: getattr(args, name)
-        for name in ("top_k", "chunk_tokens", "max_new_tokens", "temperature", "top_p", "provider", "threads")
-        if getattr(args, name, None) is not None
-    }
-    if getattr(args, "greedy", False):
-        overrides["greedy"] = True
+    settings, note = load_settings(_data_dir(args))
+    if note:
+        print(f"dolphin-desk: note: {note}", file=sys.stderr)
+    overrides = {name: getattr(args, name) for name in SETTING_FLAGS if getattr(args, name, None) is not None}
     settings = dataclasses.replace(settings, **overrides)
     try:
         settings.validate()
@@ -138,16 +186,16 @@ def _settings(args: argparse.Namespace):  # noqa: ANN202 - Settings, imported la
     return settings
 
 
-def _open_library(args: argparse.Namespace, on_progress: Callable | None = None):  # noqa: ANN202
+def _open_library(args: argparse.Namespace, settings, on_progress: Callable | None = None):  # noqa: ANN001, ANN202
     from app.library.library import Library
     from app.logs import setup_logging
 
     data_dir = _data_dir(args)
-    settings = _settings(args)
+    _bundle(args, settings)  # none: said before the data folder gets a log
     setup_logging(data_dir)
     return Library(
         data_dir,
-        _load_model(args),
+        _load_model(args, settings),
         chunk_tokens=settings.chunk_tokens,
         on_progress=on_progress,
         include=settings.include_patterns,
@@ -182,34 +230,45 @@ class _ProgressLine:
             sys.stderr.write("\n")
 
 
-def cmd_index(args: argparse.Namespace) -> int:
+def _folder_totals(store, folder: Path) -> str:  # noqa: ANN001 - Store, imported lazily
+    """One folder's documents by state and its chunks: what `index FOLDER` was asked about,
+    whatever else the library holds. Counted by path, so a folder inside another counts too."""
     from app.library.states import DocumentState
+    from app.library.store import display_path
+
+    documents = [d for d in store.documents() if d.path.is_relative_to(folder)]
+    counts = {state: sum(d.state is state for d in documents) for state in DocumentState}
+    waiting = counts[DocumentState.PENDING] + counts[DocumentState.INDEXING]
+    return (
+        f"{display_path(folder)}: {counts[DocumentState.READY]} ready, {counts[DocumentState.FAILED]} failed, "
+        f"{counts[DocumentState.SKIPPED]} skipped{f', {waiting} waiting' if waiting else ''}; "
+        f"{sum(d.chunk_count for d in documents)} chunks"
+    )
+
+
+def cmd_index(args: argparse.Namespace) -> int:
     from app.library.store import StoreError
 
     progress = _ProgressLine()
-    library = _open_library(args, progress)
+    library = _open_library(args, _settings(args), progress)
     try:
-        for folder in args.folders:
-            library.add_folder(folder)
+        folders = [library.add_folder(folder).path for folder in args.folders]
         library.start()
         while not library.index_until_done(timeout=0.5):
             if library.indexer.last_error:
                 progress.finish()
                 raise StoreError(library.indexer.last_error)
         progress.finish()
-        counts = library.store.count_states()
-        print(
-            f"{counts[DocumentState.READY]} ready, {counts[DocumentState.FAILED]} failed, "
-            f"{counts[DocumentState.SKIPPED]} skipped; "
-            f"{library.indexer.encoded} chunks encoded, {library.indexer.reused} reused"
-        )
+        for folder in dict.fromkeys(folders):
+            print(_folder_totals(library.store, folder))
+        print(f"this run: {library.indexer.encoded} chunks encoded, {library.indexer.reused} reused")
     finally:
         library.stop()
     return 0
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
-    library = _open_library(args, _ProgressLine())
+    library = _open_library(args, _settings(args), _ProgressLine())
     try:
         for folder in args.folders:
             library.add_folder(folder)
@@ -228,10 +287,7 @@ def cmd_status(args: argparse.Namespace) -> int:
     from app.library.library import library_status
     from app.library.store import Store
 
-    data_dir = _data_dir(args)
-    if not (data_dir / "library.sqlite3").exists():
-        raise FileNotFoundError(2, "no library here yet (run dolphin-desk index first)", str(data_dir))
-    store = Store(data_dir)
+    store = Store(_require_library(args))
     try:
         status = library_status(store)
     finally:
@@ -256,27 +312,30 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
-def _generation_settings(args: argparse.Namespace):  # noqa: ANN202 - GenerationSettings, imported lazily
+def _generation_settings(settings, seed: int | None):  # noqa: ANN001, ANN202 - Settings, GenerationSettings: lazy
     from inference import GenerationSettings
 
-    settings = _settings(args)
     return GenerationSettings(
         max_new_tokens=settings.max_new_tokens,
         greedy=settings.greedy,
         temperature=settings.temperature,
         top_p=settings.top_p,
-        seed=args.seed,
+        seed=seed,
     )
 
 
 def cmd_ask_library(args: argparse.Namespace) -> int:
     from app.library.answering import AnswerOutcome
 
-    library = _open_library(args)
+    _require_library(args)
+    settings = _settings(args)
+    library = _open_library(args, settings)
     try:
-        settings = _generation_settings(args)
         answer = library.ask(
-            args.question, k=_settings(args).top_k, settings=settings, without_sources=args.without_sources
+            args.question,
+            k=settings.top_k,
+            settings=_generation_settings(settings, args.seed),
+            without_sources=args.without_sources,
         )
         nothing = answer.outcome is AnswerOutcome.NOTHING_MATCHES
         if not args.json:
@@ -328,12 +387,12 @@ def cmd_ask(args: argparse.Namespace) -> int:
     if not args.context_file:
         return cmd_ask_library(args)
     texts = [(path, _read_context(path)) for path in args.context_file]
-    model = _load_model(args)
+    settings = _settings(args)
+    model = _load_model(args, settings)
     encode_started = time.perf_counter()
     memories = [model.encode(text) for _, text in texts]
     encode_s = time.perf_counter() - encode_started
-    settings = _generation_settings(args)
-    stream = model.answer(args.question, memories, settings)
+    stream = model.answer(args.question, memories, _generation_settings(settings, args.seed))
     notes = [
         f"{path}: {note}" for (path, _), memory in zip(texts, memories, strict=True) for note in memory.notes
     ] + stream.notes
@@ -349,6 +408,9 @@ def cmd_ask(args: argparse.Namespace) -> int:
         stream.cancel()
         print("\ndolphin-desk: stopped", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        stream.cancel()
+        raise
     stats = stream.stats
     if args.json:
         result = {
@@ -365,6 +427,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
             "memories": [{"file": str(p), "tokens": m.token_count} for (p, _), m in zip(texts, memories, strict=True)],
             "notes": notes,
             "provider": model.provider,
+            "threads": model.threads,
         }
         print(json.dumps(result, ensure_ascii=False))
     else:
@@ -381,9 +444,11 @@ def _default_help(name: str) -> str:
 
 
 def _add_model_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--bundle", type=Path, required=True, help="the model bundle folder")
-    parser.add_argument("--provider", choices=PROVIDERS, help="default: auto (the bundle's own)")
-    parser.add_argument("--threads", type=int, help="default: every core")
+    parser.add_argument("--bundle", type=Path, help="the model bundle folder; default: the one the app was set to use")
+    parser.add_argument(
+        "--provider", choices=PROVIDERS, help="default: the saved setting, else auto (the bundle's own)"
+    )
+    parser.add_argument("--threads", type=int, help="default: the saved setting, else every core (0)")
 
 
 def cmd_download(args: argparse.Namespace) -> int:
@@ -429,14 +494,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_options(ask)
     ask.add_argument("--context-file", type=Path, action="append", default=[], help="repeat for several memories")
     ask.add_argument("--question", required=True)
-    ask.add_argument("--greedy", action="store_true", help="greedy decoding, as the reference does")
+    ask.add_argument(
+        "--greedy",
+        action=argparse.BooleanOptionalAction,
+        help="greedy decoding, as the reference does; " + _default_help("greedy"),
+    )
     ask.add_argument("--temperature", type=float, help=_default_help("temperature"))
     ask.add_argument("--top-p", type=float, help=_default_help("top_p"))
     ask.add_argument("--seed", type=int)
     ask.add_argument("--max-new-tokens", type=int, help=_default_help("max_new_tokens"))
     ask.add_argument("--json", action="store_true", help="print one JSON object instead of streaming text")
     ask.add_argument(
-        "--data-dir", help="answer over the library in this data folder (the default without --context-file)"
+        "--data-dir",
+        help="the data folder whose library answers (without --context-file) and whose saved settings are used; "
+        "default: the platform's per-user data folder",
     )
     ask.add_argument("--top-k", type=int, help="memories per answer, from the library; " + _default_help("top_k"))
     ask.add_argument("--chunk-tokens", type=int, help=_default_help("chunk_tokens"))

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
+from subprocess import CompletedProcess
+
+import pytest
 
 from app.library.events import IndexProgress
 from tests.conftest import ROOT, run_cli, wait_for
@@ -61,7 +67,124 @@ def test_index_status_and_ask_with_sources(fp32_bundle, tmp_path) -> None:
 
 def test_status_without_a_library_is_a_clear_error(tmp_path) -> None:
     result = run_cli("status", "--data-dir", str(tmp_path / "none"))
-    assert result.returncode == 1 and "no library here yet" in result.stderr
+    assert result.returncode == 1
+    assert result.stderr.strip() == (
+        f"dolphin-desk: error: no library in {(tmp_path / 'none').resolve()}: "
+        f"index a folder first with `dolphin-desk index FOLDER --data-dir {(tmp_path / 'none').resolve()}`"
+    )
+
+
+def test_ask_without_a_library_says_so_and_creates_nothing(fp32_bundle, tmp_path) -> None:
+    """A mistyped --data-dir must not leave an empty library (and a log) behind."""
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for data in (empty.resolve(), (tmp_path / "missing").resolve()):
+        result = run_cli("ask", "--bundle", str(fp32_bundle), "--data-dir", str(data), "--question", "Who?")
+        assert result.returncode == 1
+        assert result.stderr.strip() == (
+            f"dolphin-desk: error: no library in {data}: "
+            f"index a folder first with `dolphin-desk index FOLDER --data-dir {data}`"
+        )
+        assert result.stdout == ""
+    assert list(empty.iterdir()) == []
+    assert not (tmp_path / "missing").exists()
+
+
+def damaged_pdf(text: str) -> bytes:
+    """A one-page PDF whose cross-reference offsets are all wrong: pypdf reads it, warning
+    (through its logger) that it had to repair it."""
+    content = f"BT /F1 12 Tf 72 712 Td ({text}) Tj ET".encode()
+    objects = [
+        b"<< /Type /Catalog /Pages 2 0 R >>",
+        b"<< /Type /Pages /Kids [3 0 R] /Count 1 >>",
+        b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R "
+        b"/Resources << /Font << /F1 5 0 R >> >> >>",
+        b"<< /Length %d >>\nstream\n" % len(content) + content + b"\nendstream",
+        b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>",
+    ]
+    pdf, offsets = b"%PDF-1.4\n", []
+    for number, body in enumerate(objects, start=1):
+        offsets.append(len(pdf))
+        pdf += b"%d 0 obj\n" % number + body + b"\nendobj\n"
+    xref = len(pdf)
+    pdf += b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1)
+    pdf += b"".join(b"%010d 00000 n \n" % (offset + 7) for offset in offsets)
+    return pdf + b"trailer\n<< /Size %d /Root 1 0 R >>\nstartxref\n%d\n%%%%EOF\n" % (len(objects) + 1, xref + 3)
+
+
+@pytest.fixture(scope="module")
+def relative_library(fp32_bundle: Path, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, CompletedProcess]:
+    """`cd ROOT && dolphin-desk index docs --data-dir data`: a folder and a data folder given
+    relative to the working directory; docs holds a damaged PDF that pypdf warns about."""
+    root = tmp_path_factory.mktemp("relative")
+    (root / "docs").mkdir()
+    shutil.copy(KJV / "ruth.txt", root / "docs" / "ruth.txt")
+    (root / "docs" / "damaged.pdf").write_bytes(damaged_pdf("The keeper of the lighthouse wrote a log."))
+    indexed = run_cli("index", "docs", "--bundle", str(fp32_bundle), "--data-dir", "data", cwd=root)
+    assert indexed.returncode == 0, indexed.stderr
+    return root, indexed
+
+
+def test_status_json_paths_are_absolute_when_given_relative(relative_library) -> None:
+    root, _ = relative_library
+    result = run_cli("status", "--data-dir", "data", "--json", cwd=root)
+    assert result.returncode == 0, result.stderr
+    status = json.loads(result.stdout)
+    assert status["data_dir"] == str((root / "data").resolve())
+    assert [f["path"] for f in status["folders"]] == [str((root / "docs").resolve())]
+    paths = [Path(d["path"]) for d in status["documents"]]
+    assert sorted(p.name for p in paths) == ["damaged.pdf", "ruth.txt"]
+    assert all(p.is_absolute() and p.parent == (root / "docs").resolve() for p in paths)
+
+
+def test_pypdf_warnings_go_to_the_log_not_the_terminal(relative_library) -> None:
+    root, indexed = relative_library
+    assert indexed.stderr == ""
+    assert "pypdf" not in indexed.stdout
+    log = (root / "data" / "logs" / "dolphin-desk.log").read_text(encoding="utf-8")
+    assert "damaged.pdf: pypdf" in log and "startxref" in log
+
+
+def test_index_reports_the_totals_of_its_own_folder(relative_library, fp32_bundle, tmp_path) -> None:
+    root, _ = relative_library
+    data = Path(shutil.copytree(root / "data", tmp_path / "data"))
+    more = tmp_path / "more"
+    more.mkdir()
+    more = more.resolve()
+    shutil.copy(KJV / "jonah.txt", more / "jonah.txt")
+    (more / "broken.pdf").write_bytes(b"%PDF-1.4 nope")
+    indexed = run_cli("index", str(more), "--bundle", str(fp32_bundle), "--data-dir", str(data))
+    assert indexed.returncode == 0, indexed.stderr
+    status = json.loads(run_cli("status", "--data-dir", str(data), "--json").stdout)
+    assert len(status["folders"]) == 2 and len(status["documents"]) == 4  # the library holds docs too
+    chunks = sum(d["chunks"] for d in status["documents"] if Path(d["path"]).parent == more)
+    assert chunks > 0
+    lines = indexed.stdout.splitlines()
+    assert lines[0] == f"{more}: 1 ready, 1 failed, 0 skipped; {chunks} chunks"
+    assert lines[1].startswith("this run: ") and len(lines) == 2
+
+
+def test_status_into_a_closed_pipe_is_quiet(relative_library) -> None:
+    """`dolphin-desk status | head -1`: the reader goes away; no "Broken pipe", no traceback.
+    The read end is closed before the command writes, so every write meets a closed pipe."""
+    root, _ = relative_library
+    for extra in ((), ("--json",)):
+        read, write = os.pipe()
+        os.close(read)
+        try:
+            result = subprocess.run(
+                [sys.executable, "-m", "app.cli", "status", "--data-dir", "data", *extra],
+                stdout=write,
+                stderr=subprocess.PIPE,
+                text=True,
+                cwd=root,
+                env={**os.environ, "PYTHONPATH": str(ROOT)},
+                check=False,
+            )
+        finally:
+            os.close(write)
+        assert result.stderr == ""
+        assert result.returncode == 1
 
 
 def test_retrieval_recall_on_public_domain_text(fp32_model, report) -> None:
