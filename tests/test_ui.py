@@ -134,7 +134,10 @@ def test_asking_streams_an_answer_with_its_sources(qtbot, open_window, fp32_bund
     assert len(pieces) >= 2
     answer = window.chat.transcript.views[-1]
     assert answer.text == "".join(pieces)
-    assert "jonah.txt" in answer.sources.text() and "Jonah1:17" in answer.sources.text()
+    sources = [label.text() for label in answer.source_labels()]
+    assert "jonah.txt" in sources[0]
+    # The sentence that answers, not the chunk's first characters.
+    assert "a great fish to swallow up Jonah." in sources[0]
     assert "memories stood in for" in answer.cost.text() and "tokens/s" in answer.cost.text()
     assert window.chat.composer.toPlainText() == ""
     assert window.windowTitle() == "Dolphin Desk — How long was Jonah inside the great fish?"

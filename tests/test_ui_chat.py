@@ -119,3 +119,24 @@ def test_model_output_is_shown_safely(qtbot, tmp_path, monkeypatch) -> None:
     assert box.informativeText() == str(picture)
     qtbot.mouseClick(next(b for b in box.buttons() if b.text() == "Open"), QtNs.MouseButton.LeftButton)
     assert opened == [picture.as_uri()]
+
+
+def test_an_error_is_a_banner_with_an_icon_and_details(qtbot) -> None:
+    from PySide6.QtCore import Qt as QtNs
+    from PySide6.QtWidgets import QMessageBox
+
+    panel = ChatPanel()
+    qtbot.addWidget(panel)
+    panel.show()
+    panel.show_banner("The answer failed: the model stopped", "Traceback (most recent call last): ...")
+    banner = panel.banner
+    assert banner.isVisible() and not banner.icon.pixmap().isNull()
+    assert banner.text() == "The answer failed: the model stopped" and banner.details_button.isVisible()
+    qtbot.mouseClick(banner.details_button, QtNs.MouseButton.LeftButton)
+    box = panel.findChild(QMessageBox, "bannerDetails")
+    assert box is not None and box.detailedText().startswith("Traceback")
+    box.close()
+    panel.show_banner("Indexing paused on battery")  # no details: no Details button
+    assert not banner.details_button.isVisible()
+    qtbot.mouseClick(banner.close_button, QtNs.MouseButton.LeftButton)
+    assert not banner.isVisible()

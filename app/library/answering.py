@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.library.excerpts import matching_sentence
 from app.library.retrieval import DEFAULT_TOP_K, Retrieved, Retriever
 from app.library.store import Store, StoredChunk
 from inference import AnswerStream, DolphinModel, Exchange, GenerationSettings, InputError, Memory
@@ -32,6 +33,8 @@ class Source:
     score: float
     text_hash: str = ""  # the chunk's memory key: a follow-up can reuse the memory
     similarity: float | None = None
+    excerpt: str = ""  # the sentence that answers the question (app/library/excerpts.py)
+    folder: Path | None = None  # the library folder it is in: the UI shows the path relative to it
 
     def as_dict(self) -> dict[str, object]:
         return {
@@ -43,6 +46,8 @@ class Source:
             "score": self.score,
             "text_hash": self.text_hash,
             "similarity": self.similarity,
+            "excerpt": self.excerpt,
+            "folder": str(self.folder) if self.folder else None,
         }
 
     @classmethod
@@ -57,6 +62,8 @@ class Source:
             float(data.get("score", 0.0)),
             str(data.get("text_hash", "")),
             data.get("similarity"),
+            str(data.get("excerpt", "")),
+            Path(str(data["folder"])) if data.get("folder") else None,
         )
 
 
@@ -135,7 +142,7 @@ class Answerer:
             stream = self._model.answer(question, [], settings, history=exchanges)
             return LibraryAnswer(stream, [], self._gate, AnswerOutcome.WITHOUT_SOURCES, list(stream.notes))
         found = self.retriever.search(question, k, earlier=[t.question for t in history])
-        memories, sources, notes = self._memories(found)
+        memories, sources, notes = self._memories(found, question)
         outcome = AnswerOutcome.ANSWERED
         previous = history[-1].sources if history else ()
         if previous and (found.bare_follow_up or (not found.chunks and not found.changed_subject)):
@@ -151,11 +158,13 @@ class Answerer:
         stream = self._model.answer(question, memories, settings, history=exchanges)
         return LibraryAnswer(stream, sources, self._gate, outcome, notes + stream.notes, found.best_similarity)
 
-    def _memories(self, found: Retrieved) -> tuple[list[Memory], list[Source], list[str]]:
+    def _memories(self, found: Retrieved, question: str) -> tuple[list[Memory], list[Source], list[str]]:
         memories: list[Memory] = []
         sources: list[Source] = []
         notes: list[str] = []
         identity = self._model.encoder_identity
+        folders = [f.path for f in self._store.folders()] if found.chunks else []
+        embedder = getattr(self._model, "embedder", None)
         for chunk in found.chunks:
             stored = self._store.get_memory(chunk.text_hash, identity)
             if stored is None:
@@ -173,6 +182,13 @@ class Answerer:
                     chunk.score,
                     chunk.text_hash,
                     chunk.similarity,
+                    matching_sentence(question, chunk.text, embedder),
+                    # The innermost library folder holding it (folders may nest).
+                    max(
+                        (f for f in folders if chunk.document_path.is_relative_to(f)),
+                        key=lambda f: len(f.parts),
+                        default=None,
+                    ),
                 )
             )
         return memories, sources, notes

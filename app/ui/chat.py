@@ -16,6 +16,7 @@ from PySide6.QtWidgets import (
     QPushButton,
     QScrollArea,
     QSizePolicy,
+    QStyle,
     QVBoxLayout,
     QWidget,
 )
@@ -73,6 +74,7 @@ class MessageView(QFrame):
     """
 
     answer_anyway = Signal(str)  # the question
+    source_activated = Signal(str, int)  # a cited document's path, its page (0: none)
 
     def __init__(self, message: Message, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -91,11 +93,11 @@ class MessageView(QFrame):
         self.body.setOpenExternalLinks(False)
         self.body.linkActivated.connect(self.confirm_link)
         layout.addWidget(self.body)
-        self.sources = WrappedLabel()
+        self.sources = QWidget()
         self.sources.setObjectName("messageSources")
-        self.sources.setTextFormat(Qt.TextFormat.RichText)
-        self.sources.setOpenExternalLinks(False)
-        self.sources.linkActivated.connect(lambda url: QDesktopServices.openUrl(QUrl(url)))
+        self.sources_layout = QVBoxLayout(self.sources)
+        self.sources_layout.setContentsMargins(0, 0, 0, 0)
+        self.sources_layout.setSpacing(2)
         layout.addWidget(self.sources)
         self.cost = WrappedLabel()
         self.cost.setObjectName("messageCost")
@@ -133,18 +135,13 @@ class MessageView(QFrame):
         return box
 
     def set_details(self, sources: list[dict], stats: dict) -> None:
-        lines = []
+        while self.sources_layout.count():
+            item = self.sources_layout.takeAt(0)
+            if item.widget() is not None:
+                item.widget().deleteLater()
         for number, source in enumerate(sources, start=1):
-            path = Path(source["path"])
-            page = f", page {source['page']}" if source.get("page") else ""
-            excerpt = " ".join(without_controls(source.get("text", "")).split())[:140]
-            url = QUrl.fromLocalFile(str(path)).toString()
-            lines.append(
-                f'<a href="{html.escape(url)}">[{number}] {html.escape(path.name)}{page}</a>'
-                f' <span style="color:#6b7785">— {html.escape(excerpt)}…</span>'
-            )
-        self.sources.setText("<br>".join(lines))
-        self.sources.setVisible(bool(lines))
+            self.sources_layout.addWidget(self._source_label(number, source))
+        self.sources.setVisible(bool(sources))
         cost = format_cost(stats)
         notes = stats.get("notes") or []
         self.cost.setText(" · ".join([c for c in (cost, *notes) if c]))
@@ -160,6 +157,35 @@ class MessageView(QFrame):
             row.addStretch(1)
             self.layout().addLayout(row)  # type: ignore[union-attr]
 
+    def source_labels(self) -> list[QLabel]:
+        return [w for w in self.sources.findChildren(QLabel, "messageSource") if not w.isHidden()]
+
+    def _source_label(self, number: int, source: dict) -> QLabel:
+        """`[1] guides/install.html, page 3 — the sentence that matched`; the full path on hover."""
+        path = Path(source["path"])
+        folder = Path(source["folder"]) if source.get("folder") else None
+        shown = path.relative_to(folder).as_posix() if folder and path.is_relative_to(folder) else path.name
+        page = source.get("page")
+        where = f", page {page}" if page else ""
+        excerpt = source.get("excerpt") or " ".join(str(source.get("text", "")).split())[:140] + "…"
+        excerpt = without_controls(excerpt)
+        missing = not path.exists()
+        label = WrappedLabel()
+        label.setObjectName("messageSource")
+        label.setTextFormat(Qt.TextFormat.RichText)
+        label.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
+        note = ' <span style="color:#c62828">(not available)</span>' if missing else ""
+        label.setText(
+            f'<a href="source:{number}">[{number}] {html.escape(shown)}{where}</a>{note}'
+            f' <span style="color:#6b7785">— {html.escape(excerpt)}</span>'
+        )
+        label.setToolTip(
+            f"{path}{where}"
+            + ("\nNot available: moved, deleted, or on a drive that is not connected" if missing else "")
+        )
+        label.linkActivated.connect(lambda _link: self.source_activated.emit(str(path), int(page or 0)))
+        return label
+
     def _answer_anyway(self, question: str) -> None:
         if self.anyway is not None:
             self.anyway.setEnabled(False)
@@ -171,6 +197,7 @@ class Transcript(QScrollArea):
     and stays where the user scrolled to while they read further up."""
 
     answer_anyway = Signal(str)
+    source_activated = Signal(str, int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -199,6 +226,7 @@ class Transcript(QScrollArea):
     def add(self, message: Message) -> MessageView:
         view = MessageView(message)
         view.answer_anyway.connect(self.answer_anyway)
+        view.source_activated.connect(self.source_activated)
         self._layout.insertWidget(self._layout.count() - 1, view)
         self.views.append(view)
         QTimer.singleShot(0, self.scroll_to_end)
@@ -215,6 +243,56 @@ class Transcript(QScrollArea):
 
     def _value_changed(self, value: int) -> None:
         self._following = value >= self.verticalScrollBar().maximum() - 4
+
+
+class Banner(QFrame):
+    """A problem the user should see: a warning icon, the message, Details when there are any,
+    and a close button. It stays until closed or replaced, unlike a status-bar message."""
+
+    def __init__(self, parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("banner")
+        row = QHBoxLayout(self)
+        row.setContentsMargins(12, 8, 8, 8)
+        self.icon = QLabel()
+        self.icon.setPixmap(self.style().standardIcon(QStyle.StandardPixmap.SP_MessageBoxWarning).pixmap(20, 20))
+        row.addWidget(self.icon, 0, Qt.AlignmentFlag.AlignTop)
+        self.label = WrappedLabel()
+        self.label.setObjectName("bannerText")
+        self.label.setTextFormat(Qt.TextFormat.PlainText)
+        self.label.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        row.addWidget(self.label, 1)
+        self.details_button = QPushButton("Details…")
+        self.details_button.clicked.connect(self.show_details)
+        row.addWidget(self.details_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.close_button = QPushButton("✕")
+        self.close_button.setObjectName("bannerClose")
+        self.close_button.setToolTip("Dismiss")
+        self.close_button.setFixedWidth(28)
+        self.close_button.clicked.connect(lambda: self.show_message(""))
+        row.addWidget(self.close_button, 0, Qt.AlignmentFlag.AlignTop)
+        self.details = ""
+        self.hide()
+
+    def text(self) -> str:
+        return self.label.text()
+
+    def show_message(self, text: str, details: str = "") -> None:
+        self.label.setText(without_controls(text))
+        self.details = details
+        self.details_button.setVisible(bool(details))
+        self.setVisible(bool(text))
+
+    def show_details(self) -> QMessageBox:
+        box = QMessageBox(self)
+        box.setObjectName("bannerDetails")
+        box.setIcon(QMessageBox.Icon.Warning)
+        box.setWindowTitle("Details")
+        box.setText(self.label.text())
+        box.setDetailedText(self.details)
+        box.setWindowModality(Qt.WindowModality.WindowModal)
+        box.open()
+        return box
 
 
 class Composer(QPlainTextEdit):
@@ -242,19 +320,18 @@ class ChatPanel(QWidget):
     send = Signal(str)
     stop = Signal()
     answer_anyway = Signal(str)  # a question to answer without sources
+    source_activated = Signal(str, int)
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
         layout = QVBoxLayout(self)
         layout.setContentsMargins(0, 0, 0, 0)
         layout.setSpacing(0)
-        self.banner = QLabel()
-        self.banner.setObjectName("banner")
-        self.banner.setWordWrap(True)
-        self.banner.hide()
+        self.banner = Banner()
         layout.addWidget(self.banner)
         self.transcript = Transcript()
         self.transcript.answer_anyway.connect(self.answer_anyway)
+        self.transcript.source_activated.connect(self.source_activated)
         layout.addWidget(self.transcript, 1)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(12, 10, 12, 12)
@@ -320,6 +397,5 @@ class ChatPanel(QWidget):
             self._streaming.set_details(sources, stats)
             self._streaming = None
 
-    def show_banner(self, text: str) -> None:
-        self.banner.setText(text)
-        self.banner.setVisible(bool(text))
+    def show_banner(self, text: str, details: str = "") -> None:
+        self.banner.show_message(text, details)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
@@ -33,6 +34,7 @@ from app.ui.controller import AnswerWorker, AppController
 from app.ui.crash import open_log_file
 from app.ui.dialogs import SettingsDialog, about_text
 from app.ui.folders import FoldersPanel
+from app.ui.open_file import OpenResult, open_document
 from app.ui.welcome import WelcomePage
 
 APP_TITLE = "Dolphin Desk"
@@ -218,6 +220,7 @@ class MainWindow(QMainWindow):
         self.folders.pause_toggled.connect(c.set_paused)
         self.chat.send.connect(self.ask)
         self.chat.answer_anyway.connect(lambda question: self.ask(question, without_sources=True))
+        self.chat.source_activated.connect(self.open_source)
         self.chat.stop.connect(self.stop_answer)
         self.sidebar.new_button.clicked.connect(self.new_conversation)
         self.sidebar.rename_button.clicked.connect(self.rename_conversation)
@@ -273,9 +276,7 @@ class MainWindow(QMainWindow):
         if self.stack.currentIndex() == 0:
             self.welcome.show_message(message)
         else:
-            self.chat.show_banner(message)
-        if details:
-            self.chat.banner.setToolTip(details)
+            self.chat.show_banner(message, details)
 
     def open_settings(self) -> None:
         dialog = SettingsDialog(self.controller.settings, str(self.controller.data_dir), self)
@@ -369,6 +370,13 @@ class MainWindow(QMainWindow):
         self.controller.chats.delete(conversation)
         self._load_conversations()
 
+    def open_source(self, path: str, page: int) -> OpenResult:
+        """Open a cited document (at its page where the viewer allows); say why when it cannot be."""
+        result = open_document(Path(path), page or None)
+        if result.message:
+            self.chat.show_banner(result.message)
+        return result
+
     def _focus_search(self) -> None:
         self.chats_panel_action.setChecked(True)
         self.sidebar.search.setFocus()
@@ -459,8 +467,7 @@ class MainWindow(QMainWindow):
 
     def _answer_failed(self, message: str, details: str) -> None:
         self.chat.finish_answer("", [], {})
-        self.chat.show_banner(f"The answer failed: {message}")
-        self.chat.banner.setToolTip(details)
+        self.chat.show_banner(f"The answer failed: {message}", details)
 
     def _worker_finished(self) -> None:
         if self.worker is not None:
