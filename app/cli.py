@@ -246,9 +246,57 @@ def _folder_totals(store, folder: Path) -> str:  # noqa: ANN001 - Store, importe
     )
 
 
+def _hand_to_running_app(data_dir: Path, folders: list[str], wait: bool) -> int:
+    """The desktop app has this library open: it indexes and watches the folders, not a second
+    indexer behind its back (app/instance.py). `wait`: report the folders' totals once done."""
+    from app.instance import InstanceInfo, ask_running_app
+    from app.library.library import LibraryError
+    from app.library.states import DocumentState
+    from app.library.store import Store
+
+    paths = [Path(folder).expanduser().resolve() for folder in folders]
+    for path in paths:
+        if not path.is_dir():
+            raise LibraryError(f"{path} is not a folder")
+    owner = InstanceInfo.read(data_dir)
+    for path in paths:
+        reply = ask_running_app(data_dir, {"op": "add_folder", "path": str(path)})
+        if not reply or not reply.get("ok"):
+            pid = f" (process {owner.pid})" if owner else ""
+            raise LibraryError(
+                f"the Dolphin Desk window that has {data_dir} open{pid} did not take the folder: "
+                "add it in the window, or close the window and run this again"
+            )
+        print(f"dolphin-desk: the open Dolphin Desk window indexes and watches {path}", file=sys.stderr)
+    if not wait:
+        return 0
+    store = Store(data_dir)
+    try:
+        busy = (DocumentState.PENDING, DocumentState.INDEXING)
+        deadline = time.monotonic() + 60
+        while True:
+            known = {f.path for f in store.folders()}
+            documents = store.documents()
+            if all(p in known for p in paths) and not any(
+                d.state in busy and any(d.path.is_relative_to(p) for p in paths) for d in documents
+            ):
+                break
+            if not all(p in known for p in paths) and time.monotonic() > deadline:
+                raise LibraryError("the open Dolphin Desk window has not added the folder: see its folders panel")
+            time.sleep(0.5)  # another process does the work: its database is all there is to watch
+        for path in dict.fromkeys(paths):
+            print(_folder_totals(store, path))
+    finally:
+        store.close()
+    return 0
+
+
 def cmd_index(args: argparse.Namespace) -> int:
+    from app.instance import is_locked
     from app.library.store import StoreError
 
+    if is_locked(_data_dir(args)):
+        return _hand_to_running_app(_data_dir(args), args.folders, wait=True)
     progress = _ProgressLine()
     library = _open_library(args, _settings(args), progress)
     try:
@@ -268,6 +316,10 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 
 def cmd_watch(args: argparse.Namespace) -> int:
+    from app.instance import is_locked
+
+    if is_locked(_data_dir(args)):
+        return _hand_to_running_app(_data_dir(args), args.folders, wait=False)
     library = _open_library(args, _settings(args), _ProgressLine())
     try:
         for folder in args.folders:

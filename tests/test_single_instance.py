@@ -65,7 +65,13 @@ def test_a_second_app_on_the_library_hands_over_to_the_first(fp32_bundle: Path, 
         folder = tmp_path / "books"
         folder.mkdir()
         shutil.copy(KJV / "jonah.txt", folder / "jonah.txt")
-        assert ask_running_app(data, {"op": "add_folder", "path": str(folder)}) == {"ok": True}
+        indexed = subprocess.run(
+            [sys.executable, "-m", "app", "index", str(folder), "--data-dir", str(data)],
+            cwd=ROOT, capture_output=True, text=True, timeout=180,
+        )  # fmt: skip
+        assert indexed.returncode == 0, indexed.stderr
+        assert f"the open Dolphin Desk window indexes and watches {folder}" in indexed.stderr
+        assert f"{folder}: 1 ready, 0 failed, 0 skipped" in indexed.stdout
         store = Store(data)
 
         def ready(name: str) -> bool:
