@@ -47,6 +47,25 @@ class IndexProgress:
     encoded: int
     reused: int
     counts: dict[DocumentState, int] | None = None
+    documents_read: int = 0  # documents of this run whose chunks are counted in chunks_total
+    reading: bool = False  # the current file is being read (its chunks are not known yet)
+
+    @property
+    def estimated_chunks_total(self) -> int:
+        """This run's chunks: those of the documents read, plus the documents still waiting at
+        the run's chunks per document so far. Work is chunks, not documents: one big file can be
+        most of a run."""
+        waiting = self.documents_total - self.documents_done - (0 if self.reading or not self.current_file else 1)
+        if self.documents_read == 0 or waiting <= 0:
+            return self.chunks_total
+        return self.chunks_total + round(self.chunks_total / self.documents_read * waiting)
+
+    @property
+    def seconds_left(self) -> float | None:
+        """At the encoding rate of the last seconds; None until there is one."""
+        if self.chunks_per_second <= 0:
+            return None
+        return max(0, self.estimated_chunks_total - self.chunks_done) / self.chunks_per_second
 
 
 @dataclass(frozen=True)

@@ -129,6 +129,8 @@ class Indexer:
         self.reused = 0
         self._chunks_done = 0
         self._chunks_total = 0
+        self._documents_read = 0
+        self._reading = False
         self._current: str | None = None
         self._rate_window: list[float] = []
         self._last_progress = 0.0
@@ -324,6 +326,8 @@ class Indexer:
             self.encoded,
             self.reused,
             counts,
+            self._documents_read,
+            self._reading,
         )
 
     def _progress(self, state: IndexerState, every_chunk: bool = False) -> None:
@@ -388,7 +392,8 @@ class Indexer:
                     self._wait_for_command(max(0.05, min(self._retry_at.values()) - time.monotonic()))
                     continue
                 self._collect_garbage()
-                self._chunks_done = self._chunks_total = 0
+                self._chunks_done = self._chunks_total = self._documents_read = 0
+                self._rate_window = []  # a rate is of this run's encoding, not the last one's
                 if self._progress_state is not IndexerState.IDLE:
                     self._progress(IndexerState.IDLE)
                 self._go_idle_or_wait(None)
@@ -552,13 +557,19 @@ class Indexer:
             self._set_state(path, DocumentState.READY, size=size, mtime=mtime, note=document.note)
             return
         self._set_state(path, DocumentState.INDEXING)
-        result = self._extractor.extract(path)
+        self._reading = True
+        self._progress(IndexerState.INDEXING)
+        try:
+            result = self._extractor.extract(path)
+        finally:
+            self._reading = False
         if result.state is not DocumentState.READY:
             log.info("%s: %s: %s", display_path(path), result.state, result.reason)
             self._set_state(path, result.state, result.reason, size=size, mtime=mtime, content_hash=content_hash)
             return
         chunks = result.chunks
         self._chunks_total += len(chunks)
+        self._documents_read += 1
         identity = self._encoder.encoder_identity
         encoded = 0
         for chunk in chunks:

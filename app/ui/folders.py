@@ -39,6 +39,18 @@ def reveal_in_file_manager(path: Path) -> None:
         QDesktopServices.openUrl(QUrl.fromLocalFile(str(path.parent)))
 
 
+def format_time_left(seconds: float | None) -> str:
+    """'about 40 s left', 'about 12 min left', 'about 3 h 10 min left'; empty when unknown."""
+    if seconds is None:
+        return ""
+    if seconds < 60:
+        return f"about {max(1, round(seconds / 5) * 5)} s left"
+    minutes = round(seconds / 60)
+    if minutes < 60:
+        return f"about {minutes} min left"
+    return f"about {minutes // 60} h {minutes % 60} min left"
+
+
 class FoldersPanel(QWidget):
     add_folder = Signal(str)
     remove_folder = Signal(str)
@@ -249,22 +261,35 @@ class FoldersPanel(QWidget):
         self.problems.setVisible(bool(problems))
 
     def show_progress(self, progress: IndexProgress) -> None:
-        total = max(progress.documents_total, 1)
-        self.progress.setMaximum(total)
-        self.progress.setValue(progress.documents_done)
-        if progress.documents_total == 0:
-            self.progress.setFormat("No documents yet")
-        elif progress.state == IndexerState.PAUSED:
-            self.progress.setFormat(f"Paused · {progress.documents_done} of {progress.documents_total} documents")
-        elif progress.state == IndexerState.IDLE:
-            self.progress.setFormat(f"Up to date · {progress.documents_total} documents")
+        """The bar measures work (chunks), not documents: one big file can be most of a run."""
+        estimated = progress.estimated_chunks_total
+        documents = f"{progress.documents_done:,} of {progress.documents_total:,} documents"
+        if progress.state == IndexerState.INDEXING and estimated:
+            self.progress.setMaximum(max(estimated, 1))
+            self.progress.setValue(min(progress.chunks_done, estimated))
+            approx = "" if estimated == progress.chunks_total else "~"
+            left = format_time_left(progress.seconds_left)
+            self.progress.setFormat(
+                f"{progress.chunks_done:,} of {approx}{estimated:,} chunks · {documents}{f' · {left}' if left else ''}"
+            )
         else:
-            self.progress.setFormat(f"{progress.documents_done} of {progress.documents_total} documents · %p%")
+            self.progress.setMaximum(max(progress.documents_total, 1))
+            self.progress.setValue(progress.documents_done)
+            if progress.documents_total == 0:
+                self.progress.setFormat("No documents yet")
+            elif progress.state == IndexerState.PAUSED:
+                self.progress.setFormat(f"Paused · {documents}")
+            elif progress.state == IndexerState.IDLE:
+                self.progress.setFormat(f"Up to date · {progress.documents_total:,} documents")
+            else:
+                self.progress.setFormat(documents)
         if progress.state == IndexerState.INDEXING and progress.current_file:
-            rate = f" · {progress.chunks_per_second:.1f} chunks/s" if progress.chunks_per_second else ""
             name = Path(progress.current_file).name
-            chunks = f" ({progress.chunks_done}/{progress.chunks_total} chunks)" if progress.chunks_total else ""
-            self.current.setText(f"Compressing {name}{chunks}{rate}")
+            if progress.reading:
+                self.current.setText(f"Reading {name}…")
+            else:
+                rate = f" · {progress.chunks_per_second:.1f} chunks/s" if progress.chunks_per_second else ""
+                self.current.setText(f"Compressing {name}{rate}")
         elif progress.state == IndexerState.ERROR:
             self.current.setText("Indexing stopped: see the message above")
         else:

@@ -5,11 +5,13 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import time
 from pathlib import Path
 
 from PySide6.QtCore import QByteArray, QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
+    QApplication,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -21,13 +23,14 @@ from PySide6.QtWidgets import (
     QPushButton,
     QSplitter,
     QStackedWidget,
+    QSystemTrayIcon,
     QVBoxLayout,
     QWidget,
 )
 
 from app.chats import Message, turns
 from app.library.events import IndexProgress
-from app.library.states import IndexerState
+from app.library.states import DocumentState, IndexerState
 from app.logs import log_path
 from app.ui.chat import ChatPanel
 from app.ui.controller import AnswerWorker, AppController
@@ -41,6 +44,8 @@ APP_TITLE = "Dolphin Desk"
 WINDOW_STATE = "window.json"  # in the data folder: size, position and panel widths
 # Below this width the side panels step aside so the chat keeps a readable width.
 NARROW_WIDTH = 1000
+# An indexing run at least this long ends with a desktop notification: the user has moved on.
+LONG_RUN_S = 60.0
 
 log = logging.getLogger("dolphin.ui")
 
@@ -118,6 +123,9 @@ class MainWindow(QMainWindow):
         splitter.setChildrenCollapsible(False)
         self.splitter = splitter
         self._narrow: bool | None = None
+        self._run_started: float | None = None
+        self._tray: QSystemTrayIcon | None = None
+        self.notifications: list[str] = []  # what was announced, newest last
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(splitter)
@@ -261,6 +269,12 @@ class MainWindow(QMainWindow):
 
     def _on_progress(self, progress: IndexProgress) -> None:
         self.folders.show_progress(progress)
+        if progress.state == IndexerState.INDEXING and self._run_started is None:
+            self._run_started = time.monotonic()
+        elif progress.state == IndexerState.IDLE and self._run_started is not None:
+            took, self._run_started = time.monotonic() - self._run_started, None
+            if took >= LONG_RUN_S:
+                self.notify_indexing_finished(progress, took)
         if progress.state == IndexerState.INDEXING:
             self.index_label.setText(f"Indexing {progress.documents_done}/{progress.documents_total}")
         elif progress.state == IndexerState.PAUSED:
@@ -271,6 +285,26 @@ class MainWindow(QMainWindow):
                 self.chat.show_banner(f"Indexing stopped: {self.controller.library.indexer.last_error}")
         else:
             self.index_label.setText(f"Library up to date · {progress.documents_total} documents")
+
+    def notify_indexing_finished(self, progress: IndexProgress, took_s: float) -> None:
+        """A desktop notification where the platform has them; otherwise the taskbar entry asks
+        for attention and the status bar says it."""
+        counts = progress.counts or {}
+        failed = counts.get(DocumentState.FAILED, 0)
+        minutes = max(1, round(took_s / 60))
+        text = (
+            f"{counts.get(DocumentState.READY, progress.documents_done):,} documents ready"
+            f"{f', {failed:,} failed' if failed else ''} after {minutes} min of indexing."
+        )
+        self.notifications.append(text)
+        if QSystemTrayIcon.isSystemTrayAvailable() and QSystemTrayIcon.supportsMessages():
+            if self._tray is None:
+                self._tray = QSystemTrayIcon(self.windowIcon(), self)
+            self._tray.show()
+            self._tray.showMessage("Dolphin Desk: library up to date", text, QSystemTrayIcon.MessageIcon.Information)
+        else:
+            QApplication.alert(self)
+        self.statusBar().showMessage(f"Indexing finished: {text}", 30000)
 
     def _on_error(self, message: str, details: str) -> None:
         if self.stack.currentIndex() == 0:
