@@ -35,6 +35,20 @@ class Message:
     id: int | None = None
 
 
+def as_markdown(title: str, messages: list[Message]) -> str:
+    """A chat as Markdown: the questions, the answers and each answer's sources."""
+    lines = [f"# {title}", ""]
+    for message in messages:
+        lines += [f"**{'You' if message.role == 'user' else 'Dolphin'}:**", "", message.text.strip(), ""]
+        for number, source in enumerate(message.sources, start=1):
+            page = f", page {source['page']}" if source.get("page") else ""
+            excerpt = source.get("excerpt") or " ".join(str(source.get("text", "")).split())[:140]
+            lines.append(f"{number}. `{source.get('path', '')}`{page}: {excerpt}")
+        if message.sources:
+            lines.append("")
+    return "\n".join(lines)
+
+
 def turns(messages: list[Message]) -> list[Turn]:
     """The conversation so far as the answerer takes it: each question with the answer it got.
 
@@ -136,6 +150,10 @@ class ChatStore:
                 (conversation_id,),
             ).fetchall()
         return [Message(r[0], r[1], json.loads(r[2] or "[]"), json.loads(r[3] or "{}"), r[4]) for r in rows]
+
+    def delete_messages(self, message_ids: list[int]) -> None:
+        with self._lock:
+            self._db.executemany("DELETE FROM messages WHERE id=?", [(i,) for i in message_ids])
 
     def add(self, conversation_id: int, message: Message) -> Message:
         now = time.time()

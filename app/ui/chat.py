@@ -6,7 +6,7 @@ import html
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QKeyEvent
+from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeyEvent
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -75,6 +75,9 @@ class MessageView(QFrame):
 
     answer_anyway = Signal(str)  # the question
     source_activated = Signal(str, int)  # a cited document's path, its page (0: none)
+    regenerate = Signal()  # the last answer, asked again
+    edit = Signal()  # the last question, back into the composer
+    retry = Signal()  # an answer cut off by a crash, asked again
 
     def __init__(self, message: Message, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -103,9 +106,42 @@ class MessageView(QFrame):
         self.cost.setObjectName("messageCost")
         layout.addWidget(self.cost)
         self.anyway: QPushButton | None = None
+        self.interrupted = False
+        self.role = message.role
+        self.message_id = message.id
+        # Actions under the message: Copy on answers; Regenerate on the last answer and Edit on the
+        # last question (ChatPanel shows those two only there); Retry on an interrupted answer.
+        actions = QHBoxLayout()
+        actions.setContentsMargins(0, 0, 0, 0)
+        self.copy_button = self._action("Copy", "Copy the answer's text", self.copy_text)
+        self.regenerate_button = self._action("Regenerate", "Answer the question again", self.regenerate.emit)
+        self.edit_button = self._action("Edit", "Change the question and ask it again", self.edit.emit)
+        self.retry_button = self._action("Retry", "Ask the interrupted question again", self.retry.emit)
+        for button in (self.copy_button, self.regenerate_button, self.edit_button, self.retry_button):
+            actions.addWidget(button)
+            button.hide()
+        actions.addStretch(1)
+        layout.addLayout(actions)
+        self.copy_button.setVisible(message.role == "assistant" and bool(message.text))
         self.text = message.text
         self.set_text(message.text)
         self.set_details(message.sources, message.stats)
+
+    def _action(self, text: str, tip: str, slot) -> QPushButton:  # noqa: ANN001 (a slot)
+        button = QPushButton(text)
+        button.setObjectName("messageAction")
+        button.setFlat(True)
+        button.setToolTip(tip)
+        button.setCursor(Qt.CursorShape.PointingHandCursor)
+        button.clicked.connect(lambda: slot())
+        return button
+
+    def copy_text(self) -> None:
+        QGuiApplication.clipboard().setText(self.text)
+
+    def mark_interrupted(self) -> None:
+        self.interrupted = True
+        self.set_text("*This answer was interrupted before it finished (the app closed or stopped).*")
 
     def minimumSizeHint(self) -> QSize:
         """Its real height is height-for-width at the transcript's width (the layout asks for it);
@@ -198,6 +234,9 @@ class Transcript(QScrollArea):
 
     answer_anyway = Signal(str)
     source_activated = Signal(str, int)
+    regenerate = Signal()
+    edit = Signal()
+    retry = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -212,6 +251,7 @@ class Transcript(QScrollArea):
         self._layout.addStretch(1)
         self.setWidget(self._inner)
         self.views: list[MessageView] = []
+        self.actions_on = True
         self._following = True
         bar = self.verticalScrollBar()
         # Messages get their height only once laid out, after they were added: follow the range.
@@ -227,10 +267,33 @@ class Transcript(QScrollArea):
         view = MessageView(message)
         view.answer_anyway.connect(self.answer_anyway)
         view.source_activated.connect(self.source_activated)
+        view.regenerate.connect(self.regenerate)
+        view.edit.connect(self.edit)
+        view.retry.connect(self.retry)
         self._layout.insertWidget(self._layout.count() - 1, view)
         self.views.append(view)
         QTimer.singleShot(0, self.scroll_to_end)
         return view
+
+    def remove_last(self) -> None:
+        if self.views:
+            self.views.pop().deleteLater()
+        self.update_last_actions()
+
+    def update_last_actions(self) -> None:
+        """Regenerate and Edit act on the last exchange only."""
+        last_answer = next((v for v in reversed(self.views) if v.role == "assistant"), None)
+        last_question = next((v for v in reversed(self.views) if v.role == "user"), None)
+        for view in self.views:
+            last = view is self.views[-1]
+            view.regenerate_button.setVisible(view is last_answer and last and not view.interrupted and self.actions_on)
+            view.edit_button.setVisible(view is last_question and self.actions_on)
+            view.retry_button.setVisible(view.interrupted and last and self.actions_on)
+
+    def set_actions_on(self, on: bool) -> None:
+        """Off while an answer streams: the last exchange is still being written."""
+        self.actions_on = on
+        self.update_last_actions()
 
     def scroll_to_end(self) -> None:
         self._following = True
@@ -321,6 +384,9 @@ class ChatPanel(QWidget):
     stop = Signal()
     answer_anyway = Signal(str)  # a question to answer without sources
     source_activated = Signal(str, int)
+    regenerate = Signal()
+    edit = Signal()
+    retry = Signal()
 
     def __init__(self, parent: QWidget | None = None) -> None:
         super().__init__(parent)
@@ -332,6 +398,9 @@ class ChatPanel(QWidget):
         self.transcript = Transcript()
         self.transcript.answer_anyway.connect(self.answer_anyway)
         self.transcript.source_activated.connect(self.source_activated)
+        self.transcript.regenerate.connect(self.regenerate)
+        self.transcript.edit.connect(self.edit)
+        self.transcript.retry.connect(self.retry)
         layout.addWidget(self.transcript, 1)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(12, 10, 12, 12)
@@ -363,14 +432,21 @@ class ChatPanel(QWidget):
     def set_generating(self, generating: bool) -> None:
         self.generating = generating
         self.button.setText("Stop" if generating else "Send")
+        self.transcript.set_actions_on(not generating)
         self.button.setObjectName("stopButton" if generating else "sendButton")
         self.button.style().unpolish(self.button)
         self.button.style().polish(self.button)
 
     def show_messages(self, messages: list[Message]) -> None:
+        """A chat as saved. A question without an answer is one the app never finished answering
+        (it crashed or was closed): its answer is shown as interrupted, with Retry."""
         self.transcript.clear()
         for message in messages:
             self.transcript.add(message)
+        if messages and messages[-1].role == "user":
+            self.transcript.add(Message("assistant", "")).mark_interrupted()
+        self.transcript.update_last_actions()
+        self.transcript.scroll_to_end()
 
     def begin_answer(self) -> MessageView:
         self._streaming = self.transcript.add(Message("assistant", ""))
@@ -395,7 +471,9 @@ class ChatPanel(QWidget):
         if self._streaming is not None:
             self._streaming.set_text(text)
             self._streaming.set_details(sources, stats)
+            self._streaming.copy_button.setVisible(bool(text))
             self._streaming = None
+        self.transcript.update_last_actions()
 
     def show_banner(self, text: str, details: str = "") -> None:
         self.banner.show_message(text, details)

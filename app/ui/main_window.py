@@ -12,6 +12,7 @@ from PySide6.QtCore import QByteArray, QObject, Qt, QUrl, Signal
 from PySide6.QtGui import QAction, QCloseEvent, QDesktopServices, QKeySequence, QShortcut
 from PySide6.QtWidgets import (
     QApplication,
+    QFileDialog,
     QHBoxLayout,
     QInputDialog,
     QLabel,
@@ -28,7 +29,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
-from app.chats import Message, turns
+from app.chats import Message, as_markdown, turns
 from app.library.events import IndexProgress
 from app.library.states import DocumentState, IndexerState
 from app.logs import log_path
@@ -42,6 +43,7 @@ from app.ui.welcome import WelcomePage
 
 APP_TITLE = "Dolphin Desk"
 WINDOW_STATE = "window.json"  # in the data folder: size, position and panel widths
+DRAFTS = "drafts.json"  # in the data folder: each chat's unsent question
 # Below this width the side panels step aside so the chat keeps a readable width.
 NARROW_WIDTH = 1000
 # An indexing run at least this long ends with a desktop notification: the user has moved on.
@@ -126,6 +128,7 @@ class MainWindow(QMainWindow):
         self._run_started: float | None = None
         self._tray: QSystemTrayIcon | None = None
         self.notifications: list[str] = []  # what was announced, newest last
+        self.drafts: dict[int, str] = self._read_drafts()
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
         self.stack.addWidget(splitter)
@@ -183,6 +186,9 @@ class MainWindow(QMainWindow):
         delete = QAction("&Delete chat…", self)
         delete.triggered.connect(self.delete_conversation)
         chat_menu.addAction(delete)
+        export = QAction("&Export chat as Markdown…", self)
+        export.triggered.connect(self._choose_export)
+        chat_menu.addAction(export)
         find = QAction("&Search chats", self)
         find.setShortcut(QKeySequence.StandardKey.Find)
         find.triggered.connect(self._focus_search)
@@ -229,6 +235,9 @@ class MainWindow(QMainWindow):
         self.chat.send.connect(self.ask)
         self.chat.answer_anyway.connect(lambda question: self.ask(question, without_sources=True))
         self.chat.source_activated.connect(self.open_source)
+        self.chat.regenerate.connect(self.regenerate_answer)
+        self.chat.retry.connect(self.retry_answer)
+        self.chat.edit.connect(self.edit_question)
         self.chat.stop.connect(self.stop_answer)
         self.sidebar.new_button.clicked.connect(self.new_conversation)
         self.sidebar.rename_button.clicked.connect(self.rename_conversation)
@@ -349,8 +358,10 @@ class MainWindow(QMainWindow):
             return
         if self.worker is not None:
             self.stop_answer()
+        self._keep_draft()
         self.conversation_id = current.data(Qt.ItemDataRole.UserRole)
         self.chat.show_messages(self.controller.chats.messages(self.conversation_id))
+        self.chat.composer.setPlainText(self.drafts.get(self.conversation_id, ""))
         self.setWindowTitle(f"{APP_TITLE} — {current.text()}")
 
     def new_conversation(self) -> None:
@@ -460,15 +471,16 @@ class MainWindow(QMainWindow):
 
     # answering -------------------------------------------------------------------------------
 
-    def ask(self, question: str, without_sources: bool = False) -> None:
+    def ask(self, question: str, without_sources: bool = False, again: bool = False) -> None:
         """Answer `question` as a follow-up of the open chat; `without_sources` answers a question
-        the chat already holds (its "nothing matches" reply offered to) from the model alone."""
+        the chat already holds (its "nothing matches" reply offered to) from the model alone;
+        `again` answers the chat's last question again (Regenerate, Retry)."""
         if self.conversation_id is None or self.worker is not None:
             return
         chats = self.controller.chats
         earlier = chats.messages(self.conversation_id)
         history = turns(earlier)
-        if without_sources and history and history[-1].question == question:
+        if (without_sources or again) and history and history[-1].question == question:
             history = history[:-1]
         worker = self.controller.answer(question, history, without_sources)
         if worker is None:
@@ -476,9 +488,10 @@ class MainWindow(QMainWindow):
         if not earlier:
             chats.rename(self.conversation_id, question[:48])
             self._load_conversations(select=self.conversation_id)
-        if not without_sources:
+        if not (without_sources or again):
             self.chat.transcript.add(chats.add(self.conversation_id, Message("user", question)))
             self.chat.composer.clear()
+            self.drafts.pop(self.conversation_id, None)
         self.chat.show_banner("")
         self.chat.begin_answer()
         self.chat.set_generating(True)
@@ -489,6 +502,87 @@ class MainWindow(QMainWindow):
         worker.finished.connect(self._worker_finished)
         self.worker = worker
         worker.start()
+
+    def _last_exchange(self) -> tuple[Message | None, Message | None]:
+        """The chat's last question and the answer after it (None when it has none)."""
+        messages = self.controller.chats.messages(self.conversation_id) if self.conversation_id else []
+        if not messages:
+            return None, None
+        if messages[-1].role == "user":
+            return messages[-1], None
+        question = messages[-2] if len(messages) > 1 and messages[-2].role == "user" else None
+        return question, messages[-1]
+
+    def regenerate_answer(self) -> None:
+        question, answer = self._last_exchange()
+        if question is None or answer is None or self.worker is not None:
+            return
+        self.controller.chats.delete_messages([answer.id])
+        self.chat.transcript.remove_last()
+        self.ask(question.text, again=True)
+
+    def retry_answer(self) -> None:
+        question, answer = self._last_exchange()
+        if question is None or answer is not None or self.worker is not None:
+            return
+        self.chat.transcript.remove_last()  # the "interrupted" placeholder
+        self.ask(question.text, again=True)
+
+    def edit_question(self) -> None:
+        """The last question goes back into the composer; it and its answer leave the chat."""
+        question, answer = self._last_exchange()
+        if question is None or self.worker is not None:
+            return
+        self.controller.chats.delete_messages([m.id for m in (question, answer) if m is not None])
+        self.chat.show_messages(self.controller.chats.messages(self.conversation_id))
+        self.chat.composer.setPlainText(question.text)
+        self.chat.composer.setFocus()
+
+    def export_conversation(self, path: Path) -> None:
+        item = self.sidebar.list.currentItem()
+        title = item.text() if item is not None else "Chat"
+        messages = self.controller.chats.messages(self.conversation_id) if self.conversation_id else []
+        try:
+            path.write_text(as_markdown(title, messages) + "\n", encoding="utf-8")
+        except OSError as exc:
+            self.chat.show_banner(f"The chat could not be exported to {path}: {exc.strerror or exc}")
+            return
+        self.statusBar().showMessage(f"Exported to {path}", 10000)
+
+    def _choose_export(self) -> None:
+        item = self.sidebar.list.currentItem()
+        name = "".join(c if c.isalnum() or c in " -_" else "_" for c in (item.text() if item else "chat")).strip()
+        path, _ = QFileDialog.getSaveFileName(
+            self, "Export chat", str(Path.home() / f"{name or 'chat'}.md"), "Markdown (*.md)"
+        )
+        if path:
+            self.export_conversation(Path(path))
+
+    def _keep_draft(self) -> None:
+        if self.conversation_id is None:
+            return
+        text = self.chat.composer.toPlainText()
+        if text.strip():
+            self.drafts[self.conversation_id] = text
+        else:
+            self.drafts.pop(self.conversation_id, None)
+
+    def _read_drafts(self) -> dict[int, str]:
+        try:
+            data = json.loads((self.controller.data_dir / DRAFTS).read_text(encoding="utf-8"))
+            return {int(k): str(v) for k, v in data.items()}
+        except FileNotFoundError:
+            return {}
+        except (OSError, ValueError, AttributeError) as exc:
+            log.warning("drafts not read: %s", exc)
+            return {}
+
+    def save_drafts(self) -> None:
+        self._keep_draft()
+        try:
+            (self.controller.data_dir / DRAFTS).write_text(json.dumps(self.drafts), encoding="utf-8")
+        except OSError as exc:
+            log.warning("drafts not saved: %s", exc)
 
     def stop_answer(self) -> None:
         if self.worker is not None:
@@ -511,6 +605,7 @@ class MainWindow(QMainWindow):
 
     def closeEvent(self, event: QCloseEvent) -> None:
         self.save_window_state()
+        self.save_drafts()
         if self.worker is not None:
             self.worker.stop()
             self.worker.wait(10000)
