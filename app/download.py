@@ -33,7 +33,10 @@ def download(repo: str, dest: Path, report: bool = True) -> Path:
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, auth: all end as one line
         kind = type(exc).__name__
         if "Connection" in kind or "Offline" in kind or "Timeout" in kind or "LocalEntryNotFound" in kind:
-            raise DownloadError(f"cannot reach the Hugging Face hub (are you offline?): {kind}") from None
+            raise DownloadError(
+                f"you appear to be offline: the Hugging Face hub cannot be reached ({kind}); connect to the "
+                "internet and start the download again (it resumes)"
+            ) from None
         raise DownloadError(
             f"cannot look up {repo} on the Hugging Face hub: {kind}: {str(exc).splitlines()[0]}"
         ) from None

@@ -119,6 +119,8 @@ class AppController(QObject):
         self._paused_for_battery = False
         self._lock = threading.Lock()
         self._closing = False
+        self._trying: tuple[str, str] | None = None  # (a bundle being tried, the saved choice before it)
+        self._after_ready: tuple[str, str] | None = None  # a message for when the model is back
         self._generation = 0
         self._loaded: list[Library] = []
         self._battery_timer = QTimer(self)
@@ -187,20 +189,39 @@ class AppController(QObject):
                 if self.model.embedder is not None
                 else "keyword search only (this bundle has no embedder: dolphin-desk add-embedder)"
             )
+            if self._trying is not None and self._trying[0] == bundle:
+                self._trying = None
+                self.save_settings()
             self._set_model_state(
                 "ready", f"{Path(bundle).name} · {self.model.manifest.precision} · {label} · {search}"
             )
+            if self._after_ready is not None:
+                self.error.emit(*self._after_ready)
+                self._after_ready = None
             self._check_battery()
 
         def failed(message: str, details: str) -> None:
+            if self._trying is not None and self._trying[0] == bundle:
+                previous = self._trying[1]
+                self._trying = None
+                self.settings.bundle_path = previous
+                if previous:
+                    # Said once the previous bundle is back (a ready model clears the banner).
+                    self._after_ready = (f"{bundle} could not be used: {message}. Keeping {Path(previous).name}.",
+                                         details)  # fmt: skip
+                    self.load_model()
+                    return
+                message = f"{message} (not saved as your model)"
             self._set_model_state("error", message)
             self.error.emit(f"The model and library could not be opened: {message}", details)
 
         self.tasks.run(work, done, failed)
 
     def use_bundle(self, path: str) -> None:
+        """Try a bundle; it is saved as the choice only once it has loaded. A wrong folder leaves
+        the previous choice saved, and loaded again."""
+        self._trying = (path, self.settings.bundle_path)
         self.settings.bundle_path = path
-        self.save_settings()
         self.load_model()
 
     def save_settings(self) -> None:

@@ -146,11 +146,22 @@ class WelcomePage(QWidget):
         if source:
             self.start_conversion(source)
 
+    def choose_destination(self, title: str, default: Path) -> Path | None:
+        """Where a large result goes (a download is ~16 GB, a bundle ~6 GB): the user decides,
+        starting from a folder in the data folder."""
+        default.mkdir(parents=True, exist_ok=True)
+        chosen = QFileDialog.getExistingDirectory(self, title, str(default))
+        return Path(chosen) if chosen else None
+
     def start_conversion(self, source: str) -> None:
         if not converter_available():
             self.show_message(CONVERTER_HELP)
             return
-        out = self._data_dir / "bundles" / f"{Path(source).name}-int4"
+        where = self.choose_destination("Where should the model bundle go? (about 6 GB)", self._data_dir / "bundles")
+        if where is None:
+            self.show_message("Conversion not started: no folder was chosen for the bundle.")
+            return
+        out = where / f"{Path(source).name}-int4"
         self._job_out = out
         self._run_job("convert", [source, str(out), "--force"], f"Converting {Path(source).name}…")
 
@@ -159,7 +170,13 @@ class WelcomePage(QWidget):
         if repo.count("/") != 1:
             self.show_message("Enter a Hugging Face repository id such as NexaAIDev/Squid.")
             return
-        dest = self._data_dir / "checkpoints" / repo.replace("/", "--")
+        where = self.choose_destination(
+            f"Where should {repo} be downloaded to? (about 16 GB)", self._data_dir / "checkpoints"
+        )
+        if where is None:
+            self.show_message("Download not started: no folder was chosen for it.")
+            return
+        dest = where / repo.replace("/", "--")
         self._job_out = dest
         self._run_job("download", [repo, str(dest)], f"Downloading {repo}…")
 
