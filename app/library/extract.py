@@ -111,15 +111,25 @@ class _HTMLText(html.parser.HTMLParser):
             self.parts.append(data)
 
 
-def _html(path: Path) -> list[Segment]:
+def _all_text(markup: str) -> str:
+    """Every word of the page, navigation included: for pages without a main content to find, and
+    for markup that lxml cannot parse whole (html.parser streams, so no nesting is too deep)."""
     parser = _HTMLText()
-    parser.feed(decode_text(path.read_bytes()))
+    parser.feed(markup)
     parser.close()
     lines = [" ".join(line.split()) for line in "".join(parser.parts).split("\n")]
     text = "\n".join(lines)
     while "\n\n\n" in text:
         text = text.replace("\n\n\n", "\n\n")
-    return [Segment(text.strip())]
+    return text.strip()
+
+
+def _html(path: Path) -> list[Segment]:
+    """The page's main content with its headings (`html_content`), else the whole page's text."""
+    from app.library.html_content import main_text
+
+    markup = decode_text(path.read_bytes())
+    return [Segment(main_text(markup) or _all_text(markup))]
 
 
 def _pdf(path: Path) -> Extracted:
