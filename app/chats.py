@@ -13,13 +13,15 @@ from app.library.answering import AnswerOutcome, Source, Turn
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS conversations (id INTEGER PRIMARY KEY, title TEXT NOT NULL, created REAL NOT NULL,
-                                          updated REAL NOT NULL);
+                                          updated REAL NOT NULL, scope TEXT);
 CREATE TABLE IF NOT EXISTS messages (id INTEGER PRIMARY KEY,
     conversation_id INTEGER NOT NULL REFERENCES conversations(id) ON DELETE CASCADE,
     role TEXT NOT NULL CHECK (role IN ('user', 'assistant')), text TEXT NOT NULL, sources TEXT, stats TEXT,
     created REAL NOT NULL);
 """
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+# Schema 2: a chat's scope (the library folders it searches; NULL: all of them).
+_MIGRATIONS = {1: "ALTER TABLE conversations ADD COLUMN scope TEXT;"}
 
 
 class ChatStoreError(Exception):
@@ -94,7 +96,8 @@ class ChatStore:
             self._db.execute("PRAGMA foreign_keys=ON")
             self._db.execute("PRAGMA journal_mode=WAL")
             if version < SCHEMA_VERSION:
-                self._db.executescript(f"BEGIN; {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
+                steps = "".join(_MIGRATIONS[v] for v in range(max(version, 1), SCHEMA_VERSION)) if version else ""
+                self._db.executescript(f"BEGIN; {steps} {_SCHEMA} PRAGMA user_version = {SCHEMA_VERSION}; COMMIT;")
         except ChatStoreError:
             self._db.close()
             raise
@@ -150,6 +153,22 @@ class ChatStore:
                 (conversation_id,),
             ).fetchall()
         return [Message(r[0], r[1], json.loads(r[2] or "[]"), json.loads(r[3] or "{}"), r[4]) for r in rows]
+
+    def scope(self, conversation_id: int) -> list[Path] | None:
+        """The library folders this chat searches; None: the whole library."""
+        with self._lock:
+            row = self._db.execute("SELECT scope FROM conversations WHERE id=?", (conversation_id,)).fetchone()
+        if not row or row[0] is None:
+            return None
+        try:
+            return [Path(p) for p in json.loads(row[0])]
+        except (ValueError, TypeError):
+            return None
+
+    def set_scope(self, conversation_id: int, folders: list[Path] | None) -> None:
+        value = None if folders is None else json.dumps([str(f) for f in folders])
+        with self._lock:
+            self._db.execute("UPDATE conversations SET scope=? WHERE id=?", (value, conversation_id))
 
     def delete_messages(self, message_ids: list[int]) -> None:
         with self._lock:

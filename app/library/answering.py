@@ -134,14 +134,16 @@ class Answerer:
         settings: GenerationSettings | None = None,
         history: Sequence[Turn] = (),
         without_sources: bool = False,
+        folders: Sequence[Path] | None = None,
     ) -> LibraryAnswer:
+        """`folders`: search only these library folders (a chat's scope); None: the whole library."""
         if not question.strip():
             raise InputError("the question is empty")
         exchanges = [Exchange(t.question, t.answer) for t in history if t.answer]
         if without_sources:
             stream = self._model.answer(question, [], settings, history=exchanges)
             return LibraryAnswer(stream, [], self._gate, AnswerOutcome.WITHOUT_SOURCES, list(stream.notes))
-        found = self.retriever.search(question, k, earlier=[t.question for t in history])
+        found = self.retriever.search(question, k, earlier=[t.question for t in history], folders=folders)
         memories, sources, notes = self._memories(found, question)
         outcome = AnswerOutcome.ANSWERED
         previous = history[-1].sources if history else ()

@@ -30,13 +30,13 @@ from app.library.events import (
     Snapshot,
 )
 from app.library.extractor import DEFAULT_TIMEOUT_S, Extractor
-from app.library.filters import FolderFilter
+from app.library.filters import FolderFilter, is_left_out, pattern_problems
 from app.library.indexer import PRIORITY_CHANGED, PRIORITY_SCAN, Indexer, IndexerStoppedError
 from app.library.retrieval import DEFAULT_TOP_K
 from app.library.scanner import Scanner, ScanResult
 from app.library.states import DocumentState
 from app.library.status import library_status
-from app.library.store import LIBRARY_WIDE, Folder, Store, StoredChunk, StoreError, display_path
+from app.library.store import LIBRARY_WIDE, Document, Folder, Store, StoredChunk, StoreError, display_path
 from app.library.watcher import Change, FolderWatcher
 from inference import DolphinModel, GenerationSettings
 
@@ -150,7 +150,7 @@ class Library:
             folder = self.store.add_folder(path, include, exclude)
             self.scanner.forget(folder.id)
             self.indexer.note_folders()
-            self._apply_scan(ScanResult(folder, result.found, result.problems), PRIORITY_SCAN)
+            self._apply_scan(ScanResult(folder, result.found, result.problems, left_out=result.left_out), PRIORITY_SCAN)
             return folder
 
         folder = self._writer(add)
@@ -178,11 +178,17 @@ class Library:
 
     def reindex(self, target: Path) -> int:
         """Queue a document, or every document under a folder, to be read again (its chunks
-        serve until new ones replace them; unchanged chunks keep their memories)."""
+        serve until new ones replace them; unchanged chunks keep their memories). Files the
+        patterns leave out stay listed, unread."""
         target = Path(target)
 
         def queue() -> int:
-            documents = [d for d in self.store.documents() if d.path == target or target in d.path.parents]
+            documents = [
+                d
+                for d in self.store.documents()
+                if (d.path == target or target in d.path.parents)
+                and not (d.state is DocumentState.SKIPPED and is_left_out(d.error))
+            ]
             for folder_id in {d.folder_id for d in documents}:
                 paths = [d.path for d in documents if d.folder_id == folder_id]
                 self.store.queue_documents(folder_id, paths, PRIORITY_CHANGED)
@@ -200,10 +206,15 @@ class Library:
             self.reconcile()
 
     def set_folder_patterns(self, path: Path, include: list[str] | None, exclude: list[str] | None) -> None:
-        """A folder's own patterns (None: follow the app's) and a scan with them."""
+        """A folder's own patterns (None: follow the app's), kept in the database, and a scan
+        with them: newly excluded files leave the index (listed with the pattern), newly
+        included ones are indexed."""
         folder = next((f for f in self.store.folders() if f.path == Path(path)), None)
         if folder is None:
             raise LibraryError(f"{path} is not in the library")
+        problems = pattern_problems(include or [], "include") + pattern_problems(exclude or [], "exclude")
+        if problems:
+            raise LibraryError("; ".join(problems))
 
         def update() -> None:
             self.store.set_folder_patterns(folder.id, include, exclude)
@@ -250,13 +261,18 @@ class Library:
         new, changed = [], []
         for path, facts in result.found.items():
             document = known.get(path)
-            if document is None:
-                new.append(path)
+            if document is None or (document.state is DocumentState.SKIPPED and is_left_out(document.error)):
+                new.append(path)  # new, or let in by the patterns now
             elif facts is None and document.state is not DocumentState.FAILED:
                 changed.append(path)
             elif facts is not None and (document.size, document.mtime) != facts:
                 changed.append(path)
-        vanished = [p for p in known if p not in result.found]
+        listed = {
+            path: reason
+            for path, reason in result.left_out.items()
+            if path not in known or (known[path].state, known[path].error) != (DocumentState.SKIPPED, reason)
+        }
+        vanished = [p for p in known if p not in result.found and p not in result.left_out]
         # New and changed files are queued before vanished ones are removed: a renamed or moved
         # file is then pending before its old entry goes, so the memory garbage collector never
         # sees its memories unreferenced and the indexer reuses them instead of re-encoding.
@@ -264,12 +280,24 @@ class Library:
             self.store.queue_documents(folder.id, new, new_priority)
         if changed:
             self.store.queue_documents(folder.id, changed, PRIORITY_CHANGED)
-        if new or changed:
-            self.indexer.note_changed([*new, *changed])
+        if listed:
+            self._list_left_out(folder.id, listed, known)
+        if new or changed or listed:
+            self.indexer.note_changed([*new, *changed, *listed])
         if vanished:
             self.store.remove_documents(vanished)
             self.indexer.note_removed(vanished)
         self._set_problems(folder.id, "gitignore", {display_path(p): m for p, m in result.problems.items()})
+
+    def _list_left_out(self, folder_id: int, reasons: dict[Path, str], known: dict[Path, Document]) -> None:
+        """Files the scan leaves out become rows that say why ("skipped: excluded by pattern
+        *.log"), never read (writer thread). A row that was indexed loses its chunks: the file
+        leaves the index but stays visible, so a folder of such files never looks empty."""
+        fresh = [path for path in reasons if path not in known]
+        if fresh:
+            self.store.queue_documents(folder_id, fresh, PRIORITY_SCAN)  # a row to hold the reason
+        for path, reason in reasons.items():
+            self.store.set_state(path, DocumentState.SKIPPED, reason)
 
     def _set_problems(self, folder_id: int, source: str, problems: dict[str, str]) -> None:
         """Make `source`'s recorded problems for a folder exactly `problems` (writer thread);
@@ -384,13 +412,28 @@ class Library:
         elif kind in ("dir_created", "dir_moved"):
             if target.is_dir():
                 self._scan(folder, new_priority=PRIORITY_CHANGED)
-        elif folder_filter.in_scope(target) and target.is_file():
+        elif target.is_file() and folder_filter.excluded_directory(target) is None:
+            reason = folder_filter.file_reason(target)
+            if reason is None:
 
-            def queue() -> None:
-                self.store.queue_documents(folder.id, [target], PRIORITY_CHANGED)
-                self.indexer.note_changed([target])
+                def queue() -> None:
+                    self.store.queue_documents(folder.id, [target], PRIORITY_CHANGED)
+                    self.indexer.note_changed([target])
 
-            self._writer(queue)
+                self._writer(queue)
+            else:
+                self._writer(lambda: self._list_left_out_one(folder.id, target, reason))
+        # A file inside an excluded directory: that directory's entry stands for it (its count
+        # of files is brought up to date by the next scan).
+
+    def _list_left_out_one(self, folder_id: int, path: Path, reason: str) -> None:
+        """A file the watcher saw that the patterns leave out (writer thread); no write when its
+        row already says so (a log being written must not cost a write per save)."""
+        document = self.store.document(path)
+        if document is not None and (document.state, document.error) == (DocumentState.SKIPPED, reason):
+            return
+        self._list_left_out(folder_id, {path: reason}, {path: document} if document else {})
+        self.indexer.note_changed([path])
 
     def _forget(self, path: Path, directory: bool) -> None:
         if any(f.path == path for f in self.store.folders()):
@@ -399,6 +442,8 @@ class Library:
         def forget() -> None:
             if directory:
                 gone = self.store.remove_under(path)
+                if self.store.remove_documents([path]):  # the row of an excluded directory
+                    gone.append(path)
             else:
                 gone = [path] if self.store.remove_documents([path]) else []
             self.indexer.note_removed(gone)
@@ -429,6 +474,8 @@ class Library:
         settings: GenerationSettings | None = None,
         history: Sequence[Turn] = (),
         without_sources: bool = False,
+        folders: Sequence[Path] | None = None,
     ) -> LibraryAnswer:
-        """Answer from the library; `history` makes it a follow-up (app/library/answering.py)."""
-        return self.answerer.ask(question, k, settings, history, without_sources)
+        """Answer from the library (or only `folders` of it); `history` makes it a follow-up
+        (app/library/answering.py)."""
+        return self.answerer.ask(question, k, settings, history, without_sources, folders)

@@ -18,6 +18,7 @@ import re
 import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 import numpy as np
 
@@ -44,6 +45,14 @@ class RetrievalParams:
     dense_weight: float = 1.0
     # Below this cosine similarity of the best chunk, nothing in the library answers the question.
     min_similarity: float = 0.25
+
+
+@dataclass(frozen=True)
+class Scope:
+    """The library folders a search may draw from, and (for the dense side) their chunks."""
+
+    folder_ids: list[int]
+    chunk_ids: np.ndarray | None
 
 
 @dataclass
@@ -110,13 +119,16 @@ class DenseIndex:
         with self._lock:
             self._refresh()
 
-    def search(self, vector: np.ndarray, limit: int) -> list[tuple[int, float]]:
-        """(chunk id, cosine) of the `limit` nearest chunks."""
+    def search(self, vector: np.ndarray, limit: int, allowed: np.ndarray | None = None) -> list[tuple[int, float]]:
+        """(chunk id, cosine) of the `limit` nearest chunks; `allowed`: only these chunk ids."""
         with self._lock:
             self._refresh()
             if self._matrix is None or not len(self._ids):
                 return []
             similarities = self._matrix @ vector
+            if allowed is not None:
+                similarities = np.where(np.isin(self._ids, allowed), similarities, -np.inf)
+                limit = min(limit, int(np.isfinite(similarities).sum()))
             top = np.argsort(-similarities)[:limit] if len(similarities) > limit else np.argsort(-similarities)
             return [(int(self._ids[i]), float(similarities[i])) for i in top]
 
@@ -146,6 +158,7 @@ class Retriever:
         k: int = DEFAULT_TOP_K,
         params: RetrievalParams | None = None,
         earlier: Sequence[str] = (),
+        folders: Sequence[Path] | None = None,
     ) -> Retrieved:
         """The k chunks that best answer `query`; `earlier` are the conversation's earlier questions.
 
@@ -154,40 +167,53 @@ class Retriever:
         passage is closer wins: a bare follow-up borrows its subject from the conversation, one
         that changes the subject ("who designed the Eiffel Tower?") is closer alone. Without an
         embedder there is no such measure, and the conversation's words always join the query.
+
+        `folders` limits the search to those library folders (a chat's scope); None: all of them.
         """
         params = params or self.params
         if k < 1:
             return Retrieved([], None, self.method)
+        scope = self._scope(folders)
         if not earlier:
-            return self._search_one(query, k, params)
+            return self._search_one(query, k, params, scope)
         recent = list(earlier[-FOLLOW_UP_QUESTIONS:])
-        conversation = self._search_one(" ".join([*recent, query]), k, params)
+        conversation = self._search_one(" ".join([*recent, query]), k, params, scope)
         if self._dense is None:
             return conversation
-        alone = self._search_one(query, k, params)
+        alone = self._search_one(query, k, params, scope)
         if (alone.best_similarity or -1.0) > (conversation.best_similarity or -1.0):
             return replace(alone, changed_subject=True)
         # A question about something else ("how do I renew my passport?") pulls the conversation's
         # query away from the passages its earlier questions found; a bare follow-up ("tell me
         # more", "who designed it?") barely moves it. Only the latter borrows the conversation.
-        subject = self._best_similarity(" ".join(recent))
+        subject = self._best_similarity(" ".join(recent), scope)
         if subject is not None and (conversation.best_similarity or -1.0) < subject - FOLLOW_UP_DRIFT:
             return replace(alone, changed_subject=True)
         bare = alone.best_similarity is None or alone.best_similarity < params.min_similarity
         return replace(conversation, bare_follow_up=bare)
 
-    def _best_similarity(self, text: str) -> float | None:
+    def _scope(self, folders: Sequence[Path] | None) -> Scope | None:
+        if folders is None:
+            return None
+        wanted = {Path(f) for f in folders}
+        ids = [f.id for f in self._store.folders() if f.path in wanted]
+        chunks = np.asarray(self._store.chunk_ids_in_folders(ids), dtype=np.int64) if self._dense is not None else None
+        return Scope(ids, chunks)
+
+    def _best_similarity(self, text: str, scope: Scope | None = None) -> float | None:
         vector = self._embedder.embed([text], "query")[0]  # type: ignore[union-attr]
-        best = self._dense.search(vector, 1) if self._dense is not None else []
+        allowed = scope.chunk_ids if scope is not None else None
+        best = self._dense.search(vector, 1, allowed) if self._dense is not None else []
         return best[0][1] if best else None
 
-    def _search_one(self, query: str, k: int, params: RetrievalParams) -> Retrieved:
+    def _search_one(self, query: str, k: int, params: RetrievalParams, scope: Scope | None = None) -> Retrieved:
         fts = fts_query(query)
-        keyword = self._store.search(fts, params.candidates) if fts else []
+        folder_ids = scope.folder_ids if scope is not None else None
+        keyword = self._store.search(fts, params.candidates, folder_ids) if fts else []
         if self._dense is None:
             return Retrieved(keyword[:k], None, "bm25")
         vector = self._embedder.embed([query], "query")[0]  # type: ignore[union-attr]
-        dense = self._dense.search(vector, params.candidates)
+        dense = self._dense.search(vector, params.candidates, scope.chunk_ids if scope is not None else None)
         best_similarity = dense[0][1] if dense else None
         if best_similarity is None or best_similarity < params.min_similarity:
             return Retrieved([], best_similarity, "hybrid")

@@ -14,7 +14,7 @@ import sqlite3
 import threading
 import time
 import weakref
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
@@ -737,6 +737,18 @@ class Store:
     def chunk_ids(self) -> list[int]:
         return [r[0] for r in self._query("SELECT id FROM chunks ORDER BY id")]
 
+    def chunk_ids_in_folders(self, folder_ids: Sequence[int]) -> list[int]:
+        if not folder_ids:
+            return []
+        return [
+            r[0]
+            for r in self._query(
+                "SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
+                f"WHERE d.folder_id IN ({', '.join('?' * len(folder_ids))}) ORDER BY c.id",
+                tuple(folder_ids),
+            )
+        ]
+
     def chunks_by_id(self, ids: list[int]) -> dict[int, StoredChunk]:
         found: dict[int, StoredChunk] = {}
         for start in range(0, len(ids), 500):
@@ -766,13 +778,17 @@ class Store:
 
     # retrieval -----------------------------------------------------------------------------
 
-    def search(self, match: str, limit: int) -> list[StoredChunk]:
+    def search(self, match: str, limit: int, folder_ids: Sequence[int] | None = None) -> list[StoredChunk]:
+        """BM25 over chunk texts; `folder_ids` limits it to those library folders (a chat's scope)."""
+        scope = ""
+        if folder_ids is not None:
+            scope = f" AND d.folder_id IN ({', '.join('?' * len(folder_ids))})" if folder_ids else " AND 0"
         rows = self._query(
             "SELECT c.id, d.path, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash, "
             "bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-            "JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ? "
+            f"JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ?{scope} "
             "ORDER BY score LIMIT ?",
-            (match, limit),
+            (match, *(folder_ids or ()), limit),
         )
         return [
             StoredChunk(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import html
+from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
@@ -11,12 +12,14 @@ from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
     QLabel,
+    QMenu,
     QMessageBox,
     QPlainTextEdit,
     QPushButton,
     QScrollArea,
     QSizePolicy,
     QStyle,
+    QToolButton,
     QVBoxLayout,
     QWidget,
 )
@@ -176,7 +179,9 @@ class MessageView(QFrame):
             if item.widget() is not None:
                 item.widget().deleteLater()
         for number, source in enumerate(sources, start=1):
-            self.sources_layout.addWidget(self._source_label(number, source))
+            label = self._source_label(number, source)
+            self.sources_layout.addWidget(label)
+            label.show()  # at once, not when the layout gets round to it: the message is complete now
         self.sources.setVisible(bool(sources))
         cost = format_cost(stats)
         notes = stats.get("notes") or []
@@ -192,6 +197,7 @@ class MessageView(QFrame):
             row.addWidget(self.anyway)
             row.addStretch(1)
             self.layout().addLayout(row)  # type: ignore[union-attr]
+            self.anyway.show()
 
     def source_labels(self) -> list[QLabel]:
         return [w for w in self.sources.findChildren(QLabel, "messageSource") if not w.isHidden()]
@@ -358,6 +364,74 @@ class Banner(QFrame):
         return box
 
 
+class ScopeBar(QWidget):
+    """Which folders the open chat searches (GPT4All's collections), above the composer.
+
+    The menu lists the library's folders as `folders()` gives them when it opens; ticking some
+    limits the chat to those, "All folders" lifts the limit.
+    """
+
+    scope_changed = Signal(object)  # list[Path], or None for the whole library
+
+    def __init__(self, folders: Callable[[], list[Path]], parent: QWidget | None = None) -> None:
+        super().__init__(parent)
+        self.setObjectName("scopeBar")
+        self._folders = folders
+        self.scope: list[Path] | None = None
+        row = QHBoxLayout(self)
+        row.setContentsMargins(12, 6, 12, 0)
+        label = QLabel("Searching:")
+        label.setObjectName("hint")
+        row.addWidget(label)
+        self.button = QToolButton()
+        self.button.setObjectName("scopeButton")
+        self.button.setPopupMode(QToolButton.ToolButtonPopupMode.InstantPopup)
+        self.menu = QMenu(self.button)
+        self.menu.aboutToShow.connect(self._fill_menu)
+        self.button.setMenu(self.menu)
+        row.addWidget(self.button)
+        row.addStretch(1)
+        self.set_scope(None)
+
+    def set_scope(self, scope: list[Path] | None) -> None:
+        self.scope = scope
+        if scope is None:
+            text, tip = "All folders", "This chat searches every folder of the library"
+        elif not scope:
+            text, tip = "No folders", "This chat searches nothing: choose folders"
+        else:
+            text = ", ".join(p.name for p in scope[:3]) + (f" +{len(scope) - 3}" if len(scope) > 3 else "")
+            tip = "This chat searches only:\n" + "\n".join(str(p) for p in scope)
+        self.button.setText(f"{text} ▾")
+        self.button.setToolTip(tip)
+
+    def _fill_menu(self) -> None:
+        self.menu.clear()
+        every = self.menu.addAction("All folders")
+        every.setCheckable(True)
+        every.setChecked(self.scope is None)
+        every.triggered.connect(lambda: self.choose(None))
+        self.menu.addSeparator()
+        for folder in self._folders():
+            action = self.menu.addAction(folder.name)
+            action.setToolTip(str(folder))
+            action.setCheckable(True)
+            action.setChecked(self.scope is not None and folder in self.scope)
+            action.triggered.connect(lambda checked, f=folder: self.toggle(f, checked))
+
+    def toggle(self, folder: Path, on: bool) -> None:
+        current = list(self.scope) if self.scope is not None else []
+        if on and folder not in current:
+            current.append(folder)
+        elif not on and folder in current:
+            current.remove(folder)
+        self.choose(current or None)
+
+    def choose(self, scope: list[Path] | None) -> None:
+        self.set_scope(scope)
+        self.scope_changed.emit(scope)
+
+
 class Composer(QPlainTextEdit):
     """Enter sends, Shift+Enter adds a newline."""
 
@@ -402,6 +476,10 @@ class ChatPanel(QWidget):
         self.transcript.edit.connect(self.edit)
         self.transcript.retry.connect(self.retry)
         layout.addWidget(self.transcript, 1)
+        # The library's folders, for the scope menu: the window sets it (the chat does not know the library).
+        self.folder_source: Callable[[], list[Path]] = list
+        self.scope_bar = ScopeBar(lambda: self.folder_source())
+        layout.addWidget(self.scope_bar)
         bottom = QHBoxLayout()
         bottom.setContentsMargins(12, 10, 12, 12)
         self.composer = Composer()

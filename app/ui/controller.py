@@ -47,8 +47,10 @@ class AnswerWorker(QThread):
         settings: Settings,
         history: Sequence[Turn] = (),
         without_sources: bool = False,
+        folders: Sequence[Path] | None = None,
     ) -> None:
         super().__init__()
+        self._folders = list(folders) if folders is not None else None
         self._library = library
         self._question = question
         self._settings = settings
@@ -78,6 +80,7 @@ class AnswerWorker(QThread):
                 settings=generation,
                 history=self._history,
                 without_sources=self._without_sources,
+                folders=self._folders,
             )
             if self._stopped.is_set():
                 answer.cancel()
@@ -110,6 +113,8 @@ class AppController(QObject):
         self.library: Library | None = None
         # The library as the window shows it: filled by a snapshot, then kept current by events.
         self.tree = LibraryTreeModel(self)
+        self.tree.set_inherited_patterns(self.settings.include_patterns, self.settings.exclude_patterns)
+        self.tree.patterns_edited.connect(self.set_folder_patterns)
         self.pump = EventPump(self.tree, self)
         self.pump.progress.connect(self._on_progress)
         self.pump.indexer_stopped.connect(self._restart_indexer)
@@ -253,10 +258,19 @@ class AppController(QObject):
     def reindex(self, path: str) -> None:
         self._run_on_library("Re-indexing failed", lambda lib: lib.reindex(Path(path)))
 
+    def set_folder_patterns(self, path: str, include: list[str] | None, exclude: list[str] | None) -> None:
+        """A folder's own patterns (None: follow Settings), saved in the library; the folder is
+        scanned again in the background (newly excluded files leave the index, listed with the
+        pattern; newly included ones are indexed)."""
+        self._run_on_library(
+            "Saving the folder's patterns failed", lambda lib: lib.set_folder_patterns(Path(path), include, exclude)
+        )
+
     def apply_settings(self, new: Settings) -> None:
         """Save new settings and do what they require (the schema says what: app/settings.py)."""
         old, self.settings = self.settings, new
         self.save_settings()
+        self.tree.set_inherited_patterns(new.include_patterns, new.exclude_patterns)
         needed = effects(old, new)
         if Effect.RELOAD_MODEL in needed:
             self.load_model()
@@ -312,11 +326,18 @@ class AppController(QObject):
 
     # answers -------------------------------------------------------------------------------
 
-    def answer(self, question: str, history: Sequence[Turn] = (), without_sources: bool = False) -> AnswerWorker | None:
+    def answer(
+        self,
+        question: str,
+        history: Sequence[Turn] = (),
+        without_sources: bool = False,
+        folders: Sequence[Path] | None = None,
+    ) -> AnswerWorker | None:
+        """`folders`: the chat's scope (None: the whole library)."""
         if self.library is None:
             self.error.emit("The model is not ready yet.", "")
             return None
-        return AnswerWorker(self.library, question, self.settings, history, without_sources)
+        return AnswerWorker(self.library, question, self.settings, history, without_sources, folders)
 
     def _stop_library(self, library: Library) -> None:
         with self._lock:

@@ -38,6 +38,7 @@ from app.ui.controller import AnswerWorker, AppController
 from app.ui.crash import open_log_file
 from app.ui.dialogs import SettingsDialog, about_text
 from app.ui.folders import FoldersPanel
+from app.ui.library_model import PATH_ROLE
 from app.ui.open_file import OpenResult, open_document
 from app.ui.welcome import WelcomePage
 
@@ -238,6 +239,8 @@ class MainWindow(QMainWindow):
         self.chat.regenerate.connect(self.regenerate_answer)
         self.chat.retry.connect(self.retry_answer)
         self.chat.edit.connect(self.edit_question)
+        self.chat.folder_source = self._library_folders
+        self.chat.scope_bar.scope_changed.connect(self._scope_changed)
         self.chat.stop.connect(self.stop_answer)
         self.sidebar.new_button.clicked.connect(self.new_conversation)
         self.sidebar.rename_button.clicked.connect(self.rename_conversation)
@@ -362,6 +365,7 @@ class MainWindow(QMainWindow):
         self.conversation_id = current.data(Qt.ItemDataRole.UserRole)
         self.chat.show_messages(self.controller.chats.messages(self.conversation_id))
         self.chat.composer.setPlainText(self.drafts.get(self.conversation_id, ""))
+        self.chat.scope_bar.set_scope(self.controller.chats.scope(self.conversation_id))
         self.setWindowTitle(f"{APP_TITLE} — {current.text()}")
 
     def new_conversation(self) -> None:
@@ -421,6 +425,15 @@ class MainWindow(QMainWindow):
         if result.message:
             self.chat.show_banner(result.message)
         return result
+
+    def _library_folders(self) -> list[Path]:
+        model = self.folders.model
+        paths = (model.index(row, 0).data(PATH_ROLE) for row in range(model.rowCount()))
+        return [Path(p) for p in paths if p]
+
+    def _scope_changed(self, scope: list[Path] | None) -> None:
+        if self.conversation_id is not None:
+            self.controller.chats.set_scope(self.conversation_id, scope)
 
     def _focus_search(self) -> None:
         self.chats_panel_action.setChecked(True)
@@ -482,7 +495,7 @@ class MainWindow(QMainWindow):
         history = turns(earlier)
         if (without_sources or again) and history and history[-1].question == question:
             history = history[:-1]
-        worker = self.controller.answer(question, history, without_sources)
+        worker = self.controller.answer(question, history, without_sources, folders=chats.scope(self.conversation_id))
         if worker is None:
             return
         if not earlier:
