@@ -18,6 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from app import __version__
+from app.display_text import without_controls
 from inference.bundle import PROVIDERS
 from onnx_export import cli as convert_cli
 
@@ -398,7 +399,8 @@ def cmd_ask_library(args: argparse.Namespace) -> int:
                 print("Ask again with --without-sources to answer without sources.", file=sys.stderr)
         for piece in answer:
             if not args.json:
-                sys.stdout.write(piece)
+                # Model output, written from documents: no escape sequences reach the terminal.
+                sys.stdout.write(without_controls(piece))
                 sys.stdout.flush()
         stream = answer.stream
         if args.json:
@@ -429,7 +431,8 @@ def cmd_ask_library(args: argparse.Namespace) -> int:
             print()
             for number, source in enumerate(answer.sources, start=1):
                 page = f", page {source.page}" if source.page else ""
-                print(f"[{number}] {source.path}{page}", file=sys.stderr)
+                excerpt = f" — {without_controls(source.excerpt)}" if source.excerpt else ""
+                print(f"[{number}] {source.path}{page}{excerpt}", file=sys.stderr)
     finally:
         library.stop()
     return 0
@@ -454,7 +457,7 @@ def cmd_ask(args: argparse.Namespace) -> int:
     try:
         for piece in stream:
             if not args.json:
-                sys.stdout.write(piece)
+                sys.stdout.write(without_controls(piece))
                 sys.stdout.flush()
     except KeyboardInterrupt:
         stream.cancel()

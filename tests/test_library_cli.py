@@ -241,3 +241,19 @@ def test_changed_files_are_indexed_before_the_backlog(make_library, tmp_path) ->
     library.indexer.resume()
     assert done.wait(60)
     assert order[0] == "urgent.txt"
+
+
+def test_ask_lists_each_source_with_its_sentence_and_no_escape_sequences(fp32_bundle, tmp_path) -> None:
+    folder = tmp_path / "docs"
+    folder.mkdir()
+    shutil.copy(KJV / "jonah.txt", folder / "jonah.txt")
+    (folder / "keeper.txt").write_text("The lighthouse keeper \x1b[2J\x1b[31mrowed out at dawn.\nThe sea was calm.\n")
+    data = tmp_path / "data"
+    assert run_cli("index", str(folder), "--bundle", str(fp32_bundle), "--data-dir", str(data)).returncode == 0
+    question = "Who rowed out at dawn, the lighthouse keeper?"
+    asked = run_cli("ask", "--data-dir", str(data), "--bundle", str(fp32_bundle), "--question", question,
+                    "--max-new-tokens", "2", "--top-k", "5")  # fmt: skip
+    assert asked.returncode == 0, asked.stderr
+    lines = [line for line in asked.stderr.splitlines() if line.startswith("[")]
+    assert any("keeper.txt — The lighthouse keeper" in line and "rowed out at dawn." in line for line in lines)
+    assert "\x1b" not in asked.stderr + asked.stdout
