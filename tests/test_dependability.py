@@ -123,7 +123,8 @@ def test_bad_gitignores_are_reported_not_fatal(make_library, tmp_path) -> None:
     (folder / "gone.log").write_text("ignored")
     (folder / "sub" / "inner.txt").write_text("inner")
     documents, status = index(make_library, folder)
-    assert set(documents) == {"kept.txt", "inner.txt"}
+    assert {name for name, d in documents.items() if d["state"] == "ready"} == {"kept.txt", "inner.txt"}
+    assert documents["gone.log"]["error"] == "excluded by pattern *.log in .gitignore", "the good lines apply"
     problems = {p["subject"]: p["message"] for p in status["folders"][0]["problems"]}
     assert "invalid pattern(s) ignored: line 2 ('!'), line 3" in problems[str(folder / ".gitignore")]
     assert problems[str(folder / "sub" / ".gitignore")] == "not a regular file: its patterns are not used"

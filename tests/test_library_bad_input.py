@@ -63,7 +63,10 @@ def test_broken_files_each_get_a_readable_state(make_library, tmp_path) -> None:
     for name in ("latin1.txt", "Résumé 2024 — ünïcode notes.md", "good.txt", "broken-utf8.md"):
         assert documents[name]["state"] == "ready", documents[name]
         assert documents[name]["error"] is None
-    assert not any("back-to-top" in path for path in documents)
+    # The link that loops back to the top is listed, not followed: nothing is found through it.
+    assert documents["back-to-top"]["error"] == "a link to a folder (links to folders are not followed)"
+    assert documents["back-to-top"]["state"] == "skipped"
+    assert not any("back-to-top/" in d["path"] for d in documents.values())
 
 
 def test_a_failed_file_is_retried_only_when_it_changes(make_library, tmp_path) -> None:

@@ -96,20 +96,27 @@ def test_new_patterns_rescan_every_folder_that_follows_them(make_library, tmp_pa
     (folder / "b.md").write_text("# notes about the harbour")
     (folder / "c.py").write_text("def keeper():\n    return 'lamp'\n")
     (folder / "README").write_text("no extension")
-    library = make_library(include=["*.txt", "*.md"], exclude=[".*"])
+    library = make_library(include=["*.txt", "*.md"], exclude=[".*", "README"])
     library.add_folder(folder)
     library.start()
     assert library.index_until_done(timeout=60)
-    assert sorted(d.path.name for d in library.store.documents()) == ["a.txt", "b.md"]
-    library.set_patterns(["*.txt", "*.py"], [".*"])
+
+    def indexed() -> list[str]:
+        return sorted(d.path.name for d in library.store.documents() if d.state is DocumentState.READY)
+
+    assert indexed() == ["a.txt", "b.md"]
+    library.set_patterns(["*.txt", "*.py"], [".*", "README"])
     assert library.index_until_done(timeout=60)
-    documents = {d.path.name: d.state for d in library.store.documents()}
-    assert documents == {"a.txt": DocumentState.READY, "c.py": DocumentState.READY}
+    assert indexed() == ["a.txt", "c.py"]
+    # Newly excluded files leave the index and stay listed, with the reason.
+    documents = {d.path.name: (d.state, d.error, d.chunk_count) for d in library.store.documents()}
+    assert documents["b.md"] == (DocumentState.SKIPPED, "not a document type (no include pattern matches it)", 0)
+    assert documents["README"] == (DocumentState.SKIPPED, "excluded by pattern README", 0)
     # A folder with patterns of its own ignores the app's.
-    library.set_folder_patterns(folder, ["README", "*.md"], [])
+    library.set_folder_patterns(folder, ["*.md"], [])
     assert library.index_until_done(timeout=60)
-    assert sorted(d.path.name for d in library.store.documents()) == ["README", "b.md"]
-    assert library.store.folders()[0].include_patterns == ["README", "*.md"]
+    assert indexed() == ["README", "b.md"], "README: no extension, and text"
+    assert library.store.folders()[0].include_patterns == ["*.md"]
 
 
 def test_events_replayed_in_order_agree_with_the_database(make_library, tmp_path) -> None:

@@ -64,7 +64,19 @@ def test_every_kind_is_indexed_with_pages_and_exclusions(make_library, tmp_path)
     library.add_folder(folder)
     library.start()
     assert library.index_until_done(timeout=120)
-    documents = by_name(library.status())
+    listed = by_name(library.status())
+    # What is left out is listed with its reason (an excluded directory as one entry), unread.
+    left_out = {name: d["error"] for name, d in listed.items() if d["state"] == "skipped"}
+    assert left_out == {
+        ".git": "excluded by pattern .* (1 file)",
+        "node_modules": "excluded by pattern node_modules (1 file)",
+        "build": "excluded by pattern build (1 file)",
+        "ignored.log": "excluded by pattern *.log in .gitignore",
+        ".gitignore": "excluded by pattern .*",
+        "photo.jpg": "not a document type (no include pattern matches it)",
+    }
+    assert all(listed[name]["chunks"] == 0 for name in left_out)
+    documents = {name: d for name, d in listed.items() if name not in left_out}
     assert set(documents) == {"ruth.md", "page.html", "code.py", "log.pdf", "letter.docx"}
     assert all(d["state"] == "ready" and d["chunks"] >= 1 and d["error"] is None for d in documents.values())
     assert documents["ruth.md"]["chunks"] > 5
@@ -129,8 +141,15 @@ def test_include_and_exclude_are_per_folder(make_library, tmp_path) -> None:
     library.add_folder(second, exclude=["b.*"])
     library.start()
     library.index_until_done(timeout=60)
-    paths = {Path(d["path"]).relative_to(tmp_path).as_posix() for d in library.status()["documents"]}
+    paths = {
+        Path(d["path"]).relative_to(tmp_path).as_posix() for d in library.status()["documents"] if d["state"] == "ready"
+    }
     assert paths == {"first/b.md", "second/a.txt"}
+    reasons = {Path(d["path"]).name: d["error"] for d in library.status()["documents"] if d["state"] == "skipped"}
+    assert reasons == {
+        "a.txt": "not a document type (no include pattern matches it)",
+        "b.md": "excluded by pattern b.*",
+    }
 
 
 def test_data_dir_is_never_inside_a_watched_folder(make_library, tmp_path) -> None:

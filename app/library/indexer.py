@@ -7,10 +7,11 @@ every change, it also knows every change: it keeps the document counts in memory
 each change to listeners as an event (app/library/events.py), in commit order. Nothing polls.
 When there is nothing to do, the thread blocks on its queue and the database is not touched.
 
-Per document: stat -> size limit -> wait until the file has settled -> hash -> extract and chunk
-(child process) -> encode only chunks whose memory is not stored yet -> one commit. Memories are
-written as soon as they are encoded (they are keyed by content), so `kill -9` loses at most the
-chunk in flight, and a restart re-encodes nothing already stored.
+Per document: stat -> size limit -> wait until the file has settled -> still in scope (patterns,
+and the content of a file without an extension) -> hash -> extract and chunk (child process) ->
+encode only chunks whose memory is not stored yet -> one commit. Memories are written as soon as
+they are encoded (they are keyed by content), so `kill -9` loses at most the chunk in flight, and
+a restart re-encodes nothing already stored.
 
 Whatever goes wrong with one document ends that document as `failed` with a reason, and the
 indexer goes on. If the thread dies anyway (a bug outside any one document), it says so:
@@ -277,6 +278,8 @@ class Indexer:
         documents = self._store.documents_at(list(paths))
         for document in documents:
             self._count(document.path, document.state)
+            if document.state.has_reason:
+                self._garbage = True  # a failed or skipped document's chunks are gone: maybe memories too
         if documents:
             self.hub.emit(DocumentsChanged(tuple(documents)))
             self._progress(self._progress_state or IndexerState.INDEXING)
@@ -535,6 +538,12 @@ class Indexer:
                 current = path.stat()
                 settled = current.st_size, current.st_mtime
             self._moving_since.pop(path, None)
+            # What the scan decided may be out of date (a file without an extension that was
+            # still empty, or patterns changed since): a file left out is listed, never read.
+            left_out = folder_filter.left_out_reason(path)
+            if left_out is not None:
+                self._set_state(path, DocumentState.SKIPPED, left_out)
+                return
             size, mtime = settled
             content_hash = file_digest(path)
         except FileNotFoundError:

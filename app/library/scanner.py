@@ -2,13 +2,14 @@
 own, or a folder's), .gitignore files, and a walk of the folder that finds them.
 
 Walking reads the disk only; the result goes to the writer thread, which compares it with the
-database and queues or forgets documents (app/library/library.py).
+database and queues or forgets documents, and lists each file that is left out with its reason
+(app/library/library.py).
 """
 
 from __future__ import annotations
 
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from app.library.filters import DEFAULT_EXCLUDE, DEFAULT_INCLUDE, FolderFilter
@@ -23,6 +24,8 @@ class ScanResult:
     found: dict[Path, Facts]
     problems: dict[Path, str]  # .gitignore path -> what is wrong with it
     missing: bool = False  # the folder itself is not there (unmounted?): keep its index
+    # path -> why it is not indexed; an excluded directory is one entry ("... (1,234 files)")
+    left_out: dict[Path, str] = field(default_factory=dict)
 
 
 class Scanner:
@@ -62,11 +65,12 @@ class Scanner:
         if not folder.path.is_dir():
             return ScanResult(folder, {}, {}, missing=True)
         folder_filter = self.filter_for(folder)
+        walk = folder_filter.walk()
         found: dict[Path, Facts] = {}
-        for path in folder_filter.walk():
+        for path in walk.found:
             try:
                 stat = path.stat()
                 found[path] = (stat.st_size, stat.st_mtime)
             except OSError:
                 found[path] = None  # unreadable (a looping link, a vanished file): the indexer records why
-        return ScanResult(folder, found, dict(folder_filter.problems))
+        return ScanResult(folder, found, dict(folder_filter.problems), left_out=walk.left_out)

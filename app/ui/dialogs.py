@@ -1,9 +1,10 @@
-"""Settings and About dialogs."""
+"""Settings, folder patterns and About dialogs."""
 
 from __future__ import annotations
 
 import dataclasses
 import platform
+from pathlib import Path
 
 from PySide6.QtWidgets import (
     QCheckBox,
@@ -13,6 +14,7 @@ from PySide6.QtWidgets import (
     QDoubleSpinBox,
     QFileDialog,
     QFormLayout,
+    QGroupBox,
     QHBoxLayout,
     QLabel,
     QLineEdit,
@@ -24,6 +26,7 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.library.filters import pattern_problems
 from app.settings import Settings, SettingsError, SettingSpec, spec
 from inference.providers import LABELS, available_providers
 
@@ -132,7 +135,96 @@ class SettingsDialog(QDialog):
         except SettingsError as exc:
             QMessageBox.warning(self, "Settings", str(exc).capitalize())
             return
+        problems = pattern_problems(candidate.include_patterns, "include")
+        problems += pattern_problems(candidate.exclude_patterns, "exclude")
+        if problems:
+            QMessageBox.warning(self, "Settings", "\n".join(problems))
+            return
         self.result_settings = candidate
+        self.accept()
+
+
+class _PatternList(QGroupBox):
+    """One list of a folder's patterns: the Settings' (shown, not editable) or its own."""
+
+    def __init__(self, title: str, own: list[str] | None, inherited: list[str], parent: QWidget | None = None) -> None:
+        super().__init__(title, parent)
+        self._inherited = " ".join(inherited)
+        self._own = " ".join(own if own is not None else inherited)  # the Settings' as a start
+        self.same = QCheckBox("Same as in Settings")
+        self.same.setToolTip("Follow the Settings patterns, also when they change later")
+        self.editor = QPlainTextEdit()
+        self.editor.setFixedHeight(64)
+        layout = QVBoxLayout(self)
+        layout.addWidget(self.same)
+        layout.addWidget(self.editor)
+        self.same.setChecked(own is None)
+        self.editor.setPlainText(self._inherited if own is None else self._own)
+        self.editor.setEnabled(own is not None)
+        self.same.toggled.connect(self._toggle)
+
+    def _toggle(self, same: bool) -> None:
+        """Back to the Settings' list keeps what was typed, should the box be unticked again."""
+        if same:
+            self._own = self.editor.toPlainText()
+        self.editor.setPlainText(self._inherited if same else self._own)
+        self.editor.setEnabled(not same)
+
+    def patterns(self) -> list[str] | None:
+        """None: follow the Settings."""
+        return None if self.same.isChecked() else self.editor.toPlainText().split()
+
+
+class FolderPatternsDialog(QDialog):
+    """Which files of one folder are read: its own include and exclude patterns, each list
+    either following Settings (shown, so people see what applies) or its own. Saving scans
+    the folder again (the controller does that, not this dialog)."""
+
+    def __init__(
+        self,
+        folder: Path,
+        own: tuple[list[str] | None, list[str] | None],
+        inherited: tuple[list[str], list[str]],
+        parent: QWidget | None = None,
+    ) -> None:
+        super().__init__(parent)
+        self.setObjectName("folderPatterns")
+        self.setWindowTitle(f"Patterns of “{folder.name or folder}”")
+        self.setMinimumWidth(520)
+        intro = QLabel(
+            f"Which files of {folder} are read. Patterns match a file or folder name, separated by "
+            "spaces, and ignore case (README*, *.PDF); an exclude pattern ending in / matches "
+            "folders only. Files without an extension (LICENSE, Makefile) are read when they hold "
+            "text. Saving scans the folder again; files left out are listed with the reason."
+        )
+        intro.setWordWrap(True)
+        self.include = _PatternList("Include", own[0], inherited[0])
+        self.exclude = _PatternList("Exclude", own[1], inherited[1])
+        self.error = QLabel("")
+        self.error.setObjectName("patternsError")
+        self.error.setWordWrap(True)
+        self.error.setStyleSheet("color: #c62828")
+        self.error.hide()
+        buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
+        buttons.accepted.connect(self._accept)
+        buttons.rejected.connect(self.reject)
+        layout = QVBoxLayout(self)
+        for widget in (intro, self.include, self.exclude, self.error, buttons):
+            layout.addWidget(widget)
+        self.result_patterns: tuple[list[str] | None, list[str] | None] | None = None
+
+    def values(self) -> tuple[list[str] | None, list[str] | None]:
+        return self.include.patterns(), self.exclude.patterns()
+
+    def _accept(self) -> None:
+        """Bad patterns are said in the dialog, which stays open to fix them."""
+        include, exclude = self.values()
+        problems = pattern_problems(include or [], "include") + pattern_problems(exclude or [], "exclude")
+        if problems:
+            self.error.setText("\n".join(f"⚠ {problem}" for problem in problems))
+            self.error.show()
+            return
+        self.result_patterns = include, exclude
         self.accept()
 
 

@@ -1,5 +1,5 @@
 """Folders and their documents (a view of app/ui/library_model.py): live progress, failures with
-reasons, problems, actions."""
+reasons, files left out with theirs, problems, actions (a folder's own patterns among them)."""
 
 from __future__ import annotations
 
@@ -27,7 +27,8 @@ from PySide6.QtWidgets import (
 
 from app.library.events import IndexProgress
 from app.library.states import IndexerState
-from app.ui.library_model import PATH_ROLE, LibraryTreeModel
+from app.ui.dialogs import FolderPatternsDialog
+from app.ui.library_model import PATH_ROLE, PATTERNS_ROLE, LibraryTreeModel
 
 
 def reveal_in_file_manager(path: Path) -> None:
@@ -67,7 +68,8 @@ class FoldersPanel(QWidget):
         title.setObjectName("panelTitle")
         layout.addWidget(title)
         hint = QLabel(
-            "Add folders (or drop them here). Their documents are compressed into memories in the background."
+            "Add folders (or drop them here). Their documents are compressed into memories in the background; "
+            "right-click a folder to choose which of its files are read."
         )
         hint.setObjectName("hint")
         hint.setWordWrap(True)
@@ -160,14 +162,8 @@ class FoldersPanel(QWidget):
         Whatever is selected in the documents list, it is the whole folder that goes, and the box
         says so.
         """
-        count = next(
-            (
-                self.model.rowCount(self.model.index(row, 0))
-                for row in range(self.model.rowCount())
-                if self.model.index(row, 0).data(PATH_ROLE) == path
-            ),
-            0,
-        )
+        folder = self._folder_index(path)
+        count = self.model.rowCount(folder) if folder.isValid() else 0
         box = QMessageBox(self)
         box.setObjectName("confirmRemoveFolder")
         box.setIcon(QMessageBox.Icon.Question)
@@ -185,6 +181,36 @@ class FoldersPanel(QWidget):
         box.finished.connect(lambda _: self.remove_folder.emit(path) if box.clickedButton() is remove else None)
         box.open()
         return box
+
+    def _folder_index(self, path: str) -> QModelIndex:
+        return next(
+            (
+                self.model.index(row, 0)
+                for row in range(self.model.rowCount())
+                if self.model.index(row, 0).data(PATH_ROLE) == path
+            ),
+            QModelIndex(),
+        )
+
+    def edit_patterns(self, path: str) -> FolderPatternsDialog:
+        """The folder's own include/exclude patterns, next to the Settings ones it would follow.
+
+        Window-modal and answered through a signal (the event loop keeps running); saving goes
+        through the model to the controller, which saves them and scans the folder again in the
+        background.
+        """
+        own = self._folder_index(path).data(PATTERNS_ROLE) or (None, None)
+        dialog = FolderPatternsDialog(Path(path), own, self.model.inherited_patterns, self)
+        dialog.setWindowModality(Qt.WindowModality.WindowModal)
+
+        def save() -> None:
+            index = self._folder_index(path)  # the folder may have been removed meanwhile
+            if index.isValid() and dialog.result_patterns is not None:
+                self.model.setData(index, dialog.result_patterns, PATTERNS_ROLE)
+
+        dialog.accepted.connect(save)
+        dialog.open()
+        return dialog
 
     def _toggle_pause(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")
@@ -206,6 +232,7 @@ class FoldersPanel(QWidget):
         menu.addAction("Show in file manager", lambda: reveal_in_file_manager(path))
         menu.addAction("Re-index", lambda: self.reindex.emit(str(path)))
         if view is self.folder_list:
+            menu.addAction("Patterns…", lambda: self.edit_patterns(str(path)))
             menu.addAction("Remove from library…", lambda: self.confirm_removal(str(path)))
         menu.popup(view.viewport().mapToGlobal(position))
 

@@ -6,7 +6,12 @@ runs, `beginRemoveRows` for vanished ones). Views keep their scroll position, se
 expanded folders, and an update of one document costs the same with 20 documents or 20,000.
 
 Top-level rows are folders; a folder's children are its problems (a watcher that failed, a bad
-.gitignore), then its documents sorted by path.
+.gitignore), then its documents sorted by path, including the files the patterns leave out
+("skipped: excluded by pattern *.log"), so a folder never looks empty without saying why.
+
+A folder's own include/exclude patterns are edited through the model, as Qt views edit any
+model: `setData(folder, (include, exclude), PATTERNS_ROLE)` asks for them (`patterns_edited`),
+and the folder row changes once the library has them (a FoldersChanged event).
 """
 
 from __future__ import annotations
@@ -20,7 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt
+from PySide6.QtCore import QAbstractItemModel, QModelIndex, QPersistentModelIndex, Qt, Signal
 from PySide6.QtGui import QColor
 
 from app.library.events import FolderInfo
@@ -43,6 +48,8 @@ SUMMARY_ORDER = (
     DocumentState.SKIPPED,
 )
 PATH_ROLE = Qt.ItemDataRole.UserRole
+# A folder's own (include, exclude) patterns, each None where it follows the Settings patterns.
+PATTERNS_ROLE = Qt.ItemDataRole.UserRole + 1
 # A document as the model keeps it: a plain tuple of plain values, which Python's cyclic garbage
 # collector stops tracking. 20,000 tracked row objects made each full collection take 20-40 ms,
 # a stall of the window (measured with benchmarks/library_scale.py).
@@ -60,6 +67,8 @@ def _row(document: Document) -> Row:
         document.note,
         document.indexed_at,
     )
+
+
 COLUMNS = ("Name", "Chunks", "State")
 Index = QModelIndex | QPersistentModelIndex
 
@@ -84,12 +93,21 @@ class _Folder:
 
 
 class LibraryTreeModel(QAbstractItemModel):
+    # folder path, include, exclude (None: follow the Settings patterns): a view asks for a
+    # folder's own patterns; the controller applies them in the background.
+    patterns_edited = Signal(str, object, object)
+
     def __init__(self, parent: Any = None) -> None:
         super().__init__(parent)
         self._folders: list[_Folder] = []  # sorted by path
         self._by_id: dict[int, _Folder] = {}
         self._where: dict[str, int] = {}  # document path -> folder id
         self.library_problems: list[Problem] = []
+        # The Settings patterns, which every folder without its own follows (shown when editing).
+        self.inherited_patterns: tuple[list[str], list[str]] = ([], [])
+
+    def set_inherited_patterns(self, include: Sequence[str], exclude: Sequence[str]) -> None:
+        self.inherited_patterns = (list(include), list(exclude))
 
     # structure -----------------------------------------------------------------------------
 
@@ -139,9 +157,11 @@ class LibraryTreeModel(QAbstractItemModel):
             if role == Qt.ItemDataRole.DisplayRole:
                 return (folder.info.path.name or folder.path, "", folder.summary())[column]
             if role == Qt.ItemDataRole.ToolTipRole:
-                return display_path(folder.info.path)
+                return display_path(folder.info.path) + self._patterns_hint(folder.info)
             if role == PATH_ROLE:
                 return folder.path
+            if role == PATTERNS_ROLE:
+                return folder.info.include_patterns, folder.info.exclude_patterns
             return None
         folder = self._by_id[index.internalId()]
         row = index.row()
@@ -149,6 +169,26 @@ class LibraryTreeModel(QAbstractItemModel):
             return self._problem_data(folder, folder.problems[row], column, role)
         document = folder.documents[row - len(folder.problems)]
         return self._document_data(folder, document, column, role)
+
+    @staticmethod
+    def _patterns_hint(info: FolderInfo) -> str:
+        own = [
+            f"{kind}: {' '.join(patterns) or '(none)'}"
+            for kind, patterns in (("include", info.include_patterns), ("exclude", info.exclude_patterns))
+            if patterns is not None
+        ]
+        if not own:
+            return "\nFollows the Settings patterns (right-click → Patterns… to give it its own)"
+        return "\nPatterns of its own: " + "; ".join(own)
+
+    def setData(self, index: Index, value: Any, role: int = Qt.ItemDataRole.EditRole) -> bool:
+        """A folder's own (include, exclude) patterns, asked for through `patterns_edited`; the
+        row shows them once the library has saved them and scanned the folder again."""
+        if role != PATTERNS_ROLE or not index.isValid() or index.internalId() != 0:
+            return False
+        include, exclude = value
+        self.patterns_edited.emit(self._folders[index.row()].path, include, exclude)
+        return True
 
     @staticmethod
     def _problem_text(folder: _Folder, problem: Problem) -> str:
