@@ -35,10 +35,10 @@ def test_the_estimate_counts_chunks_not_documents() -> None:
 
 def test_progress_shows_reading_then_chunks_and_a_notification_after_a_long_run(
     qtbot,
-    open_window,
+    open_window,  # noqa: F811
     fp32_bundle,
     tmp_path,
-    monkeypatch,  # noqa: F811
+    monkeypatch,
 ) -> None:
     monkeypatch.setattr(main_window, "LONG_RUN_S", 0.0)
     folder = tmp_path / "Books"
