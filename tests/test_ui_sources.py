@@ -97,3 +97,8 @@ def test_a_missing_file_or_one_nothing_opens_is_said_in_the_window(qtbot, tmp_pa
     window.chat = banner
     MainWindow.open_source(window, str(tmp_path / "gone.txt"), 0)
     assert "is not available" in banner.banner.text() and banner.banner.isVisibleTo(banner)
+
+
+def test_a_heading_is_not_taken_for_the_matched_sentence() -> None:
+    text = "Chapter 1\n\nJonah1:17 Now the LORD had prepared a great fish to swallow up Jonah. And Jonah was in the belly."
+    assert matching_sentence("Chapter about the fish", text).startswith("Jonah1:17 Now the LORD")

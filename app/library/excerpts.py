@@ -24,9 +24,14 @@ class SentenceEmbedder(Protocol):
     def embed(self, texts: list[str], kind: str = "document") -> np.ndarray: ...
 
 
+MIN_WORDS = 4  # shorter pieces are headings and labels ("Chapter 1"), not what a passage says
+
+
 def sentences(text: str) -> list[str]:
-    parts = (" ".join(p.split()) for p in _SENTENCE_END.split(text))
-    return [p for p in parts if len(p) > 1]
+    parts = [" ".join(p.split()) for p in _SENTENCE_END.split(text)]
+    parts = [p for p in parts if len(p) > 1]
+    full = [p for p in parts if len(p.split()) >= MIN_WORDS]
+    return full or parts
 
 
 def matching_sentence(question: str, text: str, embedder: SentenceEmbedder | None = None) -> str:
