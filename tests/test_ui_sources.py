@@ -100,5 +100,5 @@ def test_a_missing_file_or_one_nothing_opens_is_said_in_the_window(qtbot, tmp_pa
 
 
 def test_a_heading_is_not_taken_for_the_matched_sentence() -> None:
-    text = "Chapter 1\n\nJonah1:17 Now the LORD had prepared a great fish to swallow up Jonah. And Jonah was in the belly."
+    text = "Chapter 1\n\nJonah1:17 Now the LORD had prepared a great fish to swallow up Jonah. And then he prayed."
     assert matching_sentence("Chapter about the fish", text).startswith("Jonah1:17 Now the LORD")
