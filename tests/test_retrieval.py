@@ -191,3 +191,47 @@ def test_cli_ask_says_nothing_matches_and_answers_anyway_on_request(int4_bundle,
     anyway = cli("ask", *common, "--question", "How do I renew a Mongolian passport?", "--without-sources", "--json")
     result = json.loads(anyway.stdout)
     assert result["outcome"] == "without_sources" and result["sources"] == [] and result["answer"] is not None
+
+
+def test_what_is_indexed_while_the_app_runs_is_found_by_a_new_answer_thread(
+    make_library, hybrid_model, landmarks, tmp_path
+) -> None:
+    """Each answer runs on a worker thread of its own; the dense matrix must still see chunks the
+    indexer stored after it was read (a fresh connection cannot tell that anything changed)."""
+    import threading
+
+    later = tmp_path / "later"
+    later.mkdir()
+    shutil.move(str(landmarks / "bell-rock.txt"), later / "bell-rock.txt")
+    library = make_library(model=hybrid_model)
+    library.add_folder(landmarks)
+    library.start()
+    assert library.index_until_done(timeout=120)
+    question = "Which beacon warns seafarers away from a drowned Scottish shoal?"
+    found: list[list[str]] = []
+
+    def ask() -> None:
+        found.append(_names(library.answerer.retriever.search(question, 1, RetrievalParams(min_similarity=-1)).chunks))
+
+    for _ in range(2):  # the first thread reads the matrix; then the library grows
+        worker = threading.Thread(target=ask)
+        worker.start()
+        worker.join()
+        if len(found) == 1:
+            library.add_folder(later)
+            assert library.index_until_done(timeout=120)
+    assert found[0] != ["bell-rock.txt"] and found[1] == ["bell-rock.txt"]
+
+
+def test_the_same_text_in_two_files_fills_one_slot(make_library, hybrid_model, landmarks, tmp_path) -> None:
+    copy = tmp_path / "backup"
+    shutil.copytree(landmarks, copy)
+    library = make_library(model=hybrid_model)
+    library.add_folder(landmarks)
+    library.add_folder(copy)
+    library.start()
+    assert library.index_until_done(timeout=120)
+    chunks = library.answerer.retriever.search(
+        "When was the lighthouse built?", 3, RetrievalParams(min_similarity=-1)
+    ).chunks
+    assert len(chunks) == 3 and len({c.text_hash for c in chunks}) == 3

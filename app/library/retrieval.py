@@ -89,7 +89,7 @@ class DenseIndex:
         self._identity = embedder_identity
         self._ids = np.zeros(0, dtype=np.int64)
         self._matrix: np.ndarray | None = None
-        self._version: tuple[int, int] | None = None
+        self._version: int | None = None
         self._lock = threading.Lock()
 
     def _refresh(self) -> None:
@@ -135,6 +135,16 @@ class DenseIndex:
 
 def _matrix(pairs: list[tuple[int, bytes]]) -> np.ndarray:
     return np.frombuffer(b"".join(v for _, v in pairs), dtype=np.float32).reshape(len(pairs), -1)
+
+
+def _distinct_texts(chunks: list[StoredChunk], k: int) -> list[StoredChunk]:
+    seen: set[str] = set()
+    out = []
+    for chunk in chunks:
+        if chunk.text_hash not in seen:
+            seen.add(chunk.text_hash)
+            out.append(chunk)
+    return out[:k]
 
 
 class Retriever:
@@ -211,7 +221,7 @@ class Retriever:
         folder_ids = scope.folder_ids if scope is not None else None
         keyword = self._store.search(fts, params.candidates, folder_ids) if fts else []
         if self._dense is None:
-            return Retrieved(keyword[:k], None, "bm25")
+            return Retrieved(_distinct_texts(keyword, k), None, "bm25")
         vector = self._embedder.embed([query], "query")[0]  # type: ignore[union-attr]
         dense = self._dense.search(vector, params.candidates, scope.chunk_ids if scope is not None else None)
         best_similarity = dense[0][1] if dense else None
@@ -223,8 +233,18 @@ class Retriever:
             fused[chunk.id] = fused.get(chunk.id, 0.0) + params.bm25_weight / (params.rrf_k + rank + 1)
         for rank, (chunk_id, _) in enumerate(dense):
             fused[chunk_id] = fused.get(chunk_id, 0.0) + params.dense_weight / (params.rrf_k + rank + 1)
-        best = sorted(fused, key=fused.__getitem__, reverse=True)[:k]
+        # The same text in two files (a copy, a backup) is one memory: it fills one slot, not two.
+        ranked = sorted(fused, key=fused.__getitem__, reverse=True)[: k * 3]
         by_id = {c.id: c for c in keyword}
-        by_id.update(self._store.chunks_by_id([i for i in best if i not in by_id]))
-        chunks = [replace(by_id[i], score=fused[i], similarity=similarity.get(i)) for i in best if i in by_id]
+        by_id.update(self._store.chunks_by_id([i for i in ranked if i not in by_id]))
+        chunks: list[StoredChunk] = []
+        seen: set[str] = set()
+        for i in ranked:
+            chunk = by_id.get(i)
+            if chunk is None or chunk.text_hash in seen:
+                continue
+            seen.add(chunk.text_hash)
+            chunks.append(replace(chunk, score=fused[i], similarity=similarity.get(i)))
+            if len(chunks) == k:
+                break
         return Retrieved(chunks, best_similarity, "hybrid")

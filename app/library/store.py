@@ -274,6 +274,8 @@ class Store:
         self._connections: weakref.WeakSet[_Connection] = weakref.WeakSet()
         self._connections_lock = threading.Lock()
         self._write_lock = threading.RLock()
+        self._watch: sqlite3.Connection | None = None  # data_version's own connection
+        self._watch_lock = threading.Lock()
         self._closed = False
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -330,11 +332,14 @@ class Store:
         return len(self._connections)
 
     def close(self) -> None:
-        with self._write_lock, self._connections_lock:
+        with self._write_lock, self._connections_lock, self._watch_lock:
             self._closed = True
             for holder in list(self._connections):
                 holder.db.close()
             self._connections = weakref.WeakSet()
+            if self._watch is not None:
+                self._watch.close()
+                self._watch = None
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:
@@ -729,10 +734,25 @@ class Store:
             )[0][0]
         )
 
-    def data_version(self) -> tuple[int, int]:
-        """Changes whenever anything was committed: by another connection (SQLite's
-        `PRAGMA data_version`) or by this thread's own (`total_changes`)."""
-        return int(self._query("PRAGMA data_version")[0][0]), self._connection().total_changes
+    def data_version(self) -> int:
+        """Changes whenever anything was committed, by any thread or process.
+
+        Asked on a connection kept for this alone, which never writes: `PRAGMA data_version` is
+        per connection and moves only for other connections' commits, so a thread's own
+        connection could not tell (each answer runs on a new worker thread with a new connection,
+        which saw the same number before and after the indexer's commits)."""
+        with self._watch_lock:
+            if self._watch is None:
+                if self._closed:
+                    raise StoreError("the library is closed")
+                try:
+                    self._watch = sqlite3.connect(self.path, check_same_thread=False, isolation_level=None, timeout=30)
+                except sqlite3.Error as exc:
+                    raise store_error(exc, self.path) from None
+            try:
+                return int(self._watch.execute("PRAGMA data_version").fetchone()[0])
+            except sqlite3.Error as exc:
+                raise store_error(exc, self.path) from None
 
     def chunk_ids(self) -> list[int]:
         return [r[0] for r in self._query("SELECT id FROM chunks ORDER BY id")]
