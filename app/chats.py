@@ -9,6 +9,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from app.display_text import without_controls
 from app.library.answering import AnswerOutcome, Source, Turn
 
 _SCHEMA = """
@@ -41,11 +42,12 @@ def as_markdown(title: str, messages: list[Message]) -> str:
     """A chat as Markdown: the questions, the answers and each answer's sources."""
     lines = [f"# {title}", ""]
     for message in messages:
-        lines += [f"**{'You' if message.role == 'user' else 'Dolphin'}:**", "", message.text.strip(), ""]
+        text = without_controls(message.text).strip()
+        lines += [f"**{'You' if message.role == 'user' else 'Dolphin'}:**", "", text, ""]
         for number, source in enumerate(message.sources, start=1):
             page = f", page {source['page']}" if source.get("page") else ""
             excerpt = source.get("excerpt") or " ".join(str(source.get("text", "")).split())[:140]
-            lines.append(f"{number}. `{source.get('path', '')}`{page}: {excerpt}")
+            lines.append(f"{number}. `{source.get('path', '')}`{page}: {without_controls(excerpt)}")
         if message.sources:
             lines.append("")
     return "\n".join(lines)

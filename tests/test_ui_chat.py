@@ -85,29 +85,36 @@ def test_model_output_is_shown_safely(qtbot, tmp_path, monkeypatch) -> None:
     import re
 
     from PySide6.QtCore import Qt as QtNs
-    from PySide6.QtGui import QDesktopServices, QImage
+    from PySide6.QtGui import QDesktopServices, QGuiApplication, QImage, QTextDocument
     from PySide6.QtWidgets import QMessageBox
 
     from app.ui.chat import MessageView
 
     picture = tmp_path / "secret.png"
     QImage(8, 8, QImage.Format.Format_RGB32).save(str(picture))
+    uri = picture.as_uri()
     answer = (
         "Step\x1b[31m one\x07 \u202eevil\u202c.\n\n"
-        f'![chart]({picture.as_uri()}) <img src="{picture.as_uri()}"> '
+        f'![chart]({uri}) <img src="{uri}"> '
         '<a href="file:///etc/passwd">notes</a> and [the docs](https://docs.python.org/3/)\n\n'
+        # Escapes and nesting that a rewrite of the Markdown alone can miss (found in review):
+        f"![a\\]b]({uri}) ![a [b] c]({uri}) \\`<a href='file:///etc/passwd'>click</a>\\`\n\n"
         "```\n<b>code stays</b>\n```"
     )
     view = MessageView(Message("assistant", answer))
     qtbot.addWidget(view)
     shown = view.body.text()
-    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", shown)
-    document = _rendered(shown)
+    document = QTextDocument()
+    document.setHtml(shown)
     html = document.toHtml()
-    assert "<img" not in html  # nothing is loaded from the disk (or anywhere) to lay the answer out
-    assert re.findall(r'<a href="([^"]+)"', html) == [picture.as_uri(), "https://docs.python.org/3/"]
-    assert "<b>code stays</b>" in document.toPlainText()
-    assert "image: chart" in document.toPlainText()
+    assert "<img" not in shown and "<img" not in html  # nothing is loaded to lay the answer out
+    plain = document.toPlainText()
+    assert not re.search("[\x00-\x08\x0b-\x1f\x7f-\x9f\u202a-\u202e\u2066-\u2069]", plain)
+    assert "<b>code stays</b>" in plain and "image: chart" in plain
+    assert "https://docs.python.org/3/" in re.findall(r'<a href="([^"]+)"', html)
+    # Copy and export carry the text without control characters too.
+    view.copy_text()
+    assert not re.search("[\x00-\x08\x0b-\x1f]", QGuiApplication.clipboard().text())
     # A link asks before it opens, and shows where it goes.
     opened: list[str] = []
     monkeypatch.setattr(QDesktopServices, "openUrl", lambda url: opened.append(url.toString()))
@@ -115,10 +122,17 @@ def test_model_output_is_shown_safely(qtbot, tmp_path, monkeypatch) -> None:
     assert box.informativeText() == "https://docs.python.org/3/"
     qtbot.mouseClick(box.button(QMessageBox.StandardButton.Cancel), QtNs.MouseButton.LeftButton)
     assert opened == []
-    box = view.confirm_link(picture.as_uri())
+    box = view.confirm_link(uri)
     assert box.informativeText() == str(picture)
     qtbot.mouseClick(next(b for b in box.buttons() if b.text() == "Open"), QtNs.MouseButton.LeftButton)
-    assert opened == [picture.as_uri()]
+    assert opened == [uri]
+
+
+def test_an_exported_chat_has_no_control_characters() -> None:
+    from app.chats import as_markdown
+
+    exported = as_markdown("Notes", [Message("user", "Hi\x1b[2J"), Message("assistant", "Yes\x07\x0c done")])
+    assert "\x1b" not in exported and "\x07" not in exported and "Yes done" in exported
 
 
 def test_an_error_is_a_banner_with_an_icon_and_details(qtbot) -> None:

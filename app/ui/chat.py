@@ -7,7 +7,14 @@ from collections.abc import Callable
 from pathlib import Path
 
 from PySide6.QtCore import QSize, Qt, QTimer, QUrl, Signal
-from PySide6.QtGui import QDesktopServices, QGuiApplication, QKeyEvent
+from PySide6.QtGui import (
+    QDesktopServices,
+    QGuiApplication,
+    QKeyEvent,
+    QTextCharFormat,
+    QTextCursor,
+    QTextDocument,
+)
 from PySide6.QtWidgets import (
     QFrame,
     QHBoxLayout,
@@ -26,6 +33,35 @@ from PySide6.QtWidgets import (
 
 from app.chats import Message
 from app.display_text import safe_markdown, without_controls
+
+
+def render_markdown(text: str) -> str:
+    """Model output as HTML for a label, with no image left in it.
+
+    `safe_markdown` defuses images and raw HTML as text, but Markdown's escapes and nesting have
+    more corners than a rewrite can be sure of; so the result is parsed by Qt's own importer (the
+    one that lays the message out) and every image that still came out of it, from Markdown or
+    inline HTML, is replaced by its name before anything is shown or loaded.
+    """
+    document = QTextDocument()
+    document.setMarkdown(safe_markdown(text))
+    images: list[tuple[int, int, str]] = []
+    block = document.begin()
+    while block.isValid():
+        fragments = block.begin()
+        while not fragments.atEnd():
+            fragment = fragments.fragment()
+            if fragment.isValid() and fragment.charFormat().isImageFormat():
+                name = fragment.charFormat().toImageFormat().name()
+                images.append((fragment.position(), fragment.length(), name))
+            fragments += 1
+        block = block.next()
+    cursor = QTextCursor(document)
+    for position, length, name in reversed(images):
+        cursor.setPosition(position)
+        cursor.setPosition(position + length, QTextCursor.MoveMode.KeepAnchor)
+        cursor.insertText(f"[image: {name}]", QTextCharFormat())
+    return document.toHtml()
 
 
 def format_cost(stats: dict) -> str:
@@ -94,7 +130,7 @@ class MessageView(QFrame):
         layout.addWidget(who)
         self.body = WrappedLabel()
         self.body.setObjectName("messageBody")
-        self.body.setTextFormat(Qt.TextFormat.MarkdownText)
+        self.body.setTextFormat(Qt.TextFormat.RichText)
         self.body.setTextInteractionFlags(Qt.TextInteractionFlag.TextBrowserInteraction)
         self.body.setOpenExternalLinks(False)
         self.body.linkActivated.connect(self.confirm_link)
@@ -140,7 +176,7 @@ class MessageView(QFrame):
         return button
 
     def copy_text(self) -> None:
-        QGuiApplication.clipboard().setText(self.text)
+        QGuiApplication.clipboard().setText(without_controls(self.text))
 
     def mark_interrupted(self) -> None:
         self.interrupted = True
@@ -153,7 +189,7 @@ class MessageView(QFrame):
 
     def set_text(self, text: str) -> None:
         self.text = text
-        self.body.setText(safe_markdown(text) or "…")
+        self.body.setText(render_markdown(text) if text else "…")
 
     def confirm_link(self, url: str) -> QMessageBox:
         """A link in an answer came from a model reading documents: show where it goes, then ask."""
