@@ -261,11 +261,13 @@ def _hand_to_running_app(data_dir: Path, folders: list[str], wait: bool) -> int:
             raise LibraryError(f"{path} is not a folder")
     owner = InstanceInfo.read(data_dir)
     for path in paths:
-        reply = ask_running_app(data_dir, {"op": "add_folder", "path": str(path)})
+        # Answered once the window has added and scanned the folder (a big one takes a while).
+        reply = ask_running_app(data_dir, {"op": "add_folder", "path": str(path)}, timeout=150)
         if not reply or not reply.get("ok"):
             pid = f" (process {owner.pid})" if owner else ""
+            why = f" ({reply['error']})" if reply and reply.get("error") else ""
             raise LibraryError(
-                f"the Dolphin Desk window that has {data_dir} open{pid} did not take the folder: "
+                f"the Dolphin Desk window that has {data_dir} open{pid} did not take the folder{why}: "
                 "add it in the window, or close the window and run this again"
             )
         print(f"dolphin-desk: the open Dolphin Desk window indexes and watches {path}", file=sys.stderr)

@@ -6,6 +6,7 @@ Prints `download: <done> <total>` byte counts to stderr so the app can draw a pr
 from __future__ import annotations
 
 import shutil
+import socket
 import sys
 import threading
 import time
@@ -22,6 +23,22 @@ def _folder_bytes(folder: Path) -> int:
     return sum(p.stat().st_size for p in folder.rglob("*") if p.is_file())
 
 
+def _unreachable(exc: BaseException) -> bool:
+    """No network, no name resolution, a refused or timed-out connection, or offline mode, at any
+    depth of the exception chain (huggingface_hub wraps httpx's and requests' errors)."""
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        kind = type(current).__name__
+        if any(word in kind for word in ("Connect", "Offline", "Timeout", "LocalEntryNotFound", "NameResolution")):
+            return True
+        if isinstance(current, (ConnectionError, TimeoutError, socket.gaierror)):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
+
+
 def download(repo: str, dest: Path, report: bool = True) -> Path:
     try:
         from huggingface_hub import HfApi, snapshot_download
@@ -32,7 +49,7 @@ def download(repo: str, dest: Path, report: bool = True) -> Path:
         info = HfApi().model_info(repo, files_metadata=True)
     except Exception as exc:  # noqa: BLE001 - offline, unknown repo, auth: all end as one line
         kind = type(exc).__name__
-        if "Connection" in kind or "Offline" in kind or "Timeout" in kind or "LocalEntryNotFound" in kind:
+        if _unreachable(exc):
             raise DownloadError(
                 f"you appear to be offline: the Hugging Face hub cannot be reached ({kind}); connect to the "
                 "internet and start the download again (it resumes)"

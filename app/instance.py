@@ -192,15 +192,15 @@ class InstanceServer:
         self._thread.join(timeout=TIMEOUT_S)
 
 
-def ask_running_app(data_dir: Path, request: dict) -> dict | None:
-    """Send `request` to the app that holds `data_dir`; None if no app answers."""
+def ask_running_app(data_dir: Path, request: dict, timeout: float = TIMEOUT_S) -> dict | None:
+    """Send `request` to the app that holds `data_dir`; None if no app answers within `timeout`."""
     info = InstanceInfo.read(data_dir)
     if info is None:
         return None
     try:
         with Client(info.address, authkey=bytes.fromhex(info.authkey)) as connection:
             connection.send(request)
-            if not connection.poll(TIMEOUT_S):
+            if not connection.poll(timeout):
                 return None
             reply = connection.recv()
     except (OSError, EOFError, ValueError) as exc:

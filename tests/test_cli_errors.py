@@ -242,3 +242,23 @@ def test_hub_ids_offline_are_a_clear_error(tmp_path) -> None:
         assert outcome.stderr.strip().splitlines()[-1].startswith("dolphin-desk: error: ")
     assert "could not download NexaAIDev/Squid" in result.stderr
     assert "offline" in download.stderr
+
+
+def test_an_unreachable_hub_says_you_appear_to_be_offline(tmp_path) -> None:
+    """What an unplugged laptop gets: the hub's address refuses the connection (a closed local port
+    here, so the test neither waits for timeouts nor depends on this machine's DNS)."""
+    import os
+
+    saved = {k: os.environ.get(k) for k in ("HF_ENDPOINT", "HF_HUB_OFFLINE")}
+    os.environ["HF_ENDPOINT"] = "http://127.0.0.1:9"
+    os.environ.pop("HF_HUB_OFFLINE", None)
+    try:
+        download = run_cli("download", "NexaAIDev/Squid", str(tmp_path / "ckpt"))
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+    assert download.returncode == 1 and "Traceback" not in download.stderr
+    assert "you appear to be offline" in download.stderr

@@ -80,7 +80,8 @@ def test_a_broken_bundle_is_explained_on_the_welcome_page(qtbot, open_window, bu
     window, controller = open_window(settings=Settings(bundle_path=str(bundle_copy)))
     qtbot.waitUntil(lambda: controller.model_state == "error", timeout=30000)
     assert window.stack.currentWidget() is window.welcome
-    assert "decoder/model.onnx.data is missing" in window.welcome.status.text()
+    banner = window.welcome.banner
+    assert "decoder/model.onnx.data is missing" in banner.text() and banner.isVisibleTo(window.welcome)
 
 
 def test_converting_without_the_converter_says_how_to_get_it(qtbot, open_window, monkeypatch) -> None:
@@ -89,7 +90,7 @@ def test_converting_without_the_converter_says_how_to_get_it(qtbot, open_window,
     monkeypatch.setattr(welcome, "converter_available", lambda: False)
     window, _ = open_window()
     window.welcome.start_conversion(str(ROOT / "tests" / "fixtures" / "tiny-dolphin"))
-    assert "pip install torch==2.13.0" in window.welcome.status.text()
+    assert "pip install torch==2.13.0" in window.welcome.banner.text()
     assert window.welcome.choose.isEnabled()
 
 

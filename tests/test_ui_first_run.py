@@ -19,7 +19,8 @@ def test_a_wrong_bundle_is_not_saved_and_the_previous_one_stays(qtbot, open_wind
     window.welcome.bundle_chosen.emit(str(wrong))
     qtbot.waitUntil(lambda: controller.model_state == "error", timeout=30000)
     assert load_settings(data)[0].bundle_path == ""
-    assert "not saved as your model" in window.welcome.status.text()
+    banner = window.welcome.banner
+    assert "not saved as your model" in banner.text() and not banner.icon.pixmap().isNull()
     window.welcome.bundle_chosen.emit(str(fp32_bundle))
     wait_ready(qtbot, controller)
     assert load_settings(data)[0].bundle_path == str(fp32_bundle)
@@ -48,7 +49,7 @@ def test_download_asks_where_and_offline_says_so(qtbot, open_window, tmp_path, m
     welcome._start_download()
     assert asked == ["Where should NexaAIDev/Squid be downloaded to? (about 16 GB)"]
     assert welcome._job_out == chosen / "NexaAIDev--Squid"
-    qtbot.waitUntil(lambda: "you appear to be offline" in welcome.status.text(), timeout=60000)
+    qtbot.waitUntil(lambda: "you appear to be offline" in welcome.banner.text(), timeout=60000)
     assert welcome.download.isEnabled()
 
 

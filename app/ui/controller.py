@@ -10,7 +10,7 @@ import gc
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -218,7 +218,7 @@ class AppController(QObject):
                     return
                 message = f"{message} (not saved as your model)"
             self._set_model_state("error", message)
-            self.error.emit(f"The model and library could not be opened: {message}", details)
+            self.error.emit(f"The model bundle could not be loaded: {message}", details)
 
         self.tasks.run(work, done, failed)
 
@@ -237,20 +237,30 @@ class AppController(QObject):
 
     # library -------------------------------------------------------------------------------
 
-    def _run_on_library(self, work_name: str, work: Any, done: Any = None) -> None:
+    def _run_on_library(self, work_name: str, work: Any, done: Any = None, on_failed: Any = None) -> None:
         library = self.library
         if library is None:
             self.error.emit("Load a model bundle before adding folders.", "")
+            if on_failed is not None:
+                on_failed("no model is loaded")
             return
 
         def failed(message: str, details: str) -> None:
             self.error.emit(f"{work_name}: {message}", details)
+            if on_failed is not None:
+                on_failed(message)
 
         self.tasks.run(lambda: work(library), done, failed)
 
-    def add_folder(self, path: str) -> None:
-        """The folder follows the include/exclude settings (Settings changes reach it)."""
-        self._run_on_library("Adding the folder failed", lambda lib: lib.add_folder(Path(path)))
+    def add_folder(self, path: str, finished: Callable[[str | None], None] | None = None) -> None:
+        """The folder follows the include/exclude settings (Settings changes reach it).
+        `finished(None)` once it is in the library and scanned, `finished(reason)` if not."""
+        self._run_on_library(
+            "Adding the folder failed",
+            lambda lib: lib.add_folder(Path(path)),
+            (lambda _folder: finished(None)) if finished else None,
+            finished,
+        )
 
     def remove_folder(self, path: str) -> None:
         self._run_on_library("Removing the folder failed", lambda lib: lib.remove_folder(Path(path)))

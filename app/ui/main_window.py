@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import threading
 import time
 from pathlib import Path
 
@@ -87,11 +88,14 @@ class ConversationList(QWidget):
 class RemoteRequests(QObject):
     """Requests from other processes on this library (app/instance.py), handed to the GUI thread.
 
-    `handle` runs on the channel's thread: it only emits, and the window acts in its own thread.
+    `handle` runs on the channel's thread: it emits, and the window acts in its own thread. An
+    added folder is answered once it is in the library and scanned, so `dolphin-desk index`
+    waits for documents that are really there.
     """
 
     show_requested = Signal()
-    add_folder_requested = Signal(str)
+    add_folder_requested = Signal(str, object)  # the path, and a callback taking None or the reason it failed
+    ADD_TIMEOUT_S = 120.0
 
     def handle(self, request: dict) -> dict:
         op = request.get("op")
@@ -99,8 +103,17 @@ class RemoteRequests(QObject):
             self.show_requested.emit()
             return {"ok": True}
         if op == "add_folder" and isinstance(request.get("path"), str):
-            self.add_folder_requested.emit(request["path"])
-            return {"ok": True}
+            done = threading.Event()
+            outcome: list[str | None] = []
+
+            def finished(reason: str | None) -> None:
+                outcome.append(reason)
+                done.set()
+
+            self.add_folder_requested.emit(request["path"], finished)
+            if not done.wait(self.ADD_TIMEOUT_S):
+                return {"ok": False, "error": "the window did not finish adding the folder in time"}
+            return {"ok": True} if outcome[0] is None else {"ok": False, "error": outcome[0]}
         return {"ok": False, "error": f"unknown request {op!r}"}
 
 
@@ -249,7 +262,7 @@ class MainWindow(QMainWindow):
         self.sidebar.list.itemDoubleClicked.connect(lambda _item: self.rename_conversation())
         self.sidebar.search.textChanged.connect(lambda _text: self._load_conversations(select=self.conversation_id))
         self.remote.show_requested.connect(self.bring_to_front)
-        self.remote.add_folder_requested.connect(c.add_folder)
+        self.remote.add_folder_requested.connect(lambda path, finished: c.add_folder(path, finished))
 
     def bring_to_front(self) -> None:
         """Another start on this library asked for the window (app/instance.py)."""
@@ -269,8 +282,8 @@ class MainWindow(QMainWindow):
             self.chat.show_banner("")
         elif state in ("missing", "error") and self.controller.model is None:
             self.stack.setCurrentIndex(0)
-            if state == "error":
-                self.welcome.show_message(f"The model bundle could not be loaded: {message}")
+            if state == "error" and not self.welcome.banner.text():
+                self.welcome.show_error(f"The model bundle could not be loaded: {message}")
         self.chat.button.setEnabled(state == "ready" or self.chat.generating)
         # Folders need the model's encoder: adding one before it is loaded could only fail later.
         ready = state == "ready"
@@ -320,7 +333,7 @@ class MainWindow(QMainWindow):
 
     def _on_error(self, message: str, details: str) -> None:
         if self.stack.currentIndex() == 0:
-            self.welcome.show_message(message)
+            self.welcome.show_error(message, details)
         else:
             self.chat.show_banner(message, details)
 

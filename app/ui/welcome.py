@@ -19,6 +19,8 @@ from PySide6.QtWidgets import (
     QWidget,
 )
 
+from app.ui.chat import Banner
+
 CONVERTER_HELP = (
     "Converting needs the converter's packages (torch, transformers, onnx, onnxruntime-genai), which "
     "the packaged app does not include. In a terminal, from the source folder, run:\n"
@@ -53,6 +55,8 @@ class WelcomePage(QWidget):
         title = QLabel("Welcome to Dolphin Desk")
         title.setObjectName("welcomeTitle")
         outer.addWidget(title)
+        self.banner = Banner()
+        outer.addWidget(self.banner)
         intro = QLabel(
             "Dolphin Desk answers questions about your own files, offline. It needs a <b>model bundle</b>: "
             "a folder with Nexa AI's Dolphin model converted for ONNX Runtime — a small encoder that compresses "
@@ -124,7 +128,11 @@ class WelcomePage(QWidget):
         return button
 
     def show_message(self, text: str) -> None:
+        """Progress and outcomes of a job; problems go to the banner (`show_error`)."""
         self.status.setText(text)
+
+    def show_error(self, text: str, details: str = "") -> None:
+        self.banner.show_message(text, details)
 
     # choose ---------------------------------------------------------------------------------
 
@@ -155,7 +163,7 @@ class WelcomePage(QWidget):
 
     def start_conversion(self, source: str) -> None:
         if not converter_available():
-            self.show_message(CONVERTER_HELP)
+            self.show_error(CONVERTER_HELP)
             return
         where = self.choose_destination("Where should the model bundle go? (about 6 GB)", self._data_dir / "bundles")
         if where is None:
@@ -168,7 +176,7 @@ class WelcomePage(QWidget):
     def _start_download(self) -> None:
         repo = self.repo.text().strip()
         if repo.count("/") != 1:
-            self.show_message("Enter a Hugging Face repository id such as NexaAIDev/Squid.")
+            self.show_error("Enter a Hugging Face repository id such as NexaAIDev/Squid.")
             return
         where = self.choose_destination(
             f"Where should {repo} be downloaded to? (about 16 GB)", self._data_dir / "checkpoints"
@@ -190,6 +198,7 @@ class WelcomePage(QWidget):
         self._job_error = ""
         self.progress.setRange(0, 0)
         self._busy(True)
+        self.banner.show_message("")
         self.show_message(message)
         self._process.start()
 
@@ -218,7 +227,8 @@ class WelcomePage(QWidget):
         self._process = None
         if code != 0:
             reason = self._job_error or ("cancelled" if code in (9, -9, 62097) else f"exit status {code}")
-            self.show_message(f"The {command} did not finish: {reason}. You can start it again; downloads resume.")
+            self.show_message("")
+            self.show_error(f"The {command} did not finish: {reason}. You can start it again; downloads resume.")
             return
         if command == "download" and self._job_out is not None:
             self.start_conversion(str(self._job_out))
