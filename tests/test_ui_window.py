@@ -103,3 +103,18 @@ def test_the_theme_follows_the_system(qtbot) -> None:
         app.setStyleSheet(sheet)
         app.setPalette(palette)
         app.setStyle(style)
+
+
+def test_an_empty_library_and_an_empty_chat_say_so(qtbot, open_window, fp32_bundle, tmp_path) -> None:  # noqa: F811
+    window, controller = open_window(settings=Settings(bundle_path=str(fp32_bundle)))
+    wait_ready(qtbot, controller)
+    panel = window.folders
+    assert not panel.remove_button.isEnabled() and not panel.pause_button.isEnabled()
+    assert not window.chat.transcript.empty_hint.isHidden()
+    folder = tmp_path / "Notes"
+    folder.mkdir()
+    (folder / "a.txt").write_text("A short note about lighthouses and the sea.")
+    controller.add_folder(str(folder))
+    qtbot.waitUntil(lambda: panel.remove_button.isEnabled() and panel.pause_button.isEnabled(), timeout=30000)
+    window.chat.transcript.add(Message("user", "Hello?"))
+    assert window.chat.transcript.empty_hint.isHidden()

@@ -290,6 +290,12 @@ class Transcript(QScrollArea):
         self._layout = QVBoxLayout(self._inner)
         self._layout.setContentsMargins(18, 18, 18, 18)
         self._layout.setSpacing(12)
+        self.empty_hint = QLabel(
+            "Ask a question about the files in your folders.\nEach answer lists the passages it comes from."
+        )
+        self.empty_hint.setObjectName("hint")
+        self.empty_hint.setAlignment(Qt.AlignmentFlag.AlignCenter)
+        self._layout.addWidget(self.empty_hint)
         self._layout.addStretch(1)
         self.setWidget(self._inner)
         self.views: list[MessageView] = []
@@ -304,6 +310,7 @@ class Transcript(QScrollArea):
         for view in self.views:
             view.deleteLater()
         self.views = []
+        self.empty_hint.show()
 
     def add(self, message: Message) -> MessageView:
         view = MessageView(message)
@@ -312,6 +319,7 @@ class Transcript(QScrollArea):
         view.regenerate.connect(self.regenerate)
         view.edit.connect(self.edit)
         view.retry.connect(self.retry)
+        self.empty_hint.hide()
         self._layout.insertWidget(self._layout.count() - 1, view)
         self.views.append(view)
         QTimer.singleShot(0, self.scroll_to_end)
@@ -320,6 +328,7 @@ class Transcript(QScrollArea):
     def remove_last(self) -> None:
         if self.views:
             self.views.pop().deleteLater()
+        self.empty_hint.setVisible(not self.views)
         self.update_last_actions()
 
     def update_last_actions(self) -> None:

@@ -134,6 +134,9 @@ class FoldersPanel(QWidget):
         self.add_button.clicked.connect(self._choose_folder)
         self.remove_button.clicked.connect(self._remove_selected)
         self.pause_button.toggled.connect(self._toggle_pause)
+        for signal in (self.model.rowsInserted, self.model.rowsRemoved, self.model.modelReset):
+            signal.connect(self._update_buttons)
+        self._update_buttons()
         self.model.rowsInserted.connect(self._select_new_folder)
         self.model.modelReset.connect(self._select_first_folder)
         self.model.rowsRemoved.connect(lambda parent, *_: None if parent.isValid() else self._select_first_folder())
@@ -211,6 +214,12 @@ class FoldersPanel(QWidget):
         dialog.accepted.connect(save)
         dialog.open()
         return dialog
+
+    def _update_buttons(self, *_args: object) -> None:
+        """Remove and Pause act on folders: with none in the library there is nothing to act on."""
+        any_folder = self.model.rowCount() > 0
+        self.remove_button.setEnabled(any_folder)
+        self.pause_button.setEnabled(any_folder or self.pause_button.isChecked())
 
     def _toggle_pause(self, paused: bool) -> None:
         self.pause_button.setText("Resume" if paused else "Pause")
@@ -296,8 +305,9 @@ class FoldersPanel(QWidget):
             self.progress.setValue(min(progress.chunks_done, estimated))
             approx = "" if estimated == progress.chunks_total else "~"
             left = format_time_left(progress.seconds_left)
+            short = f"{progress.documents_done:,}/{progress.documents_total:,} documents"
             self.progress.setFormat(
-                f"{progress.chunks_done:,} of {approx}{estimated:,} chunks · {documents}{f' · {left}' if left else ''}"
+                f"{progress.chunks_done:,} of {approx}{estimated:,} chunks · {short}{f' · {left}' if left else ''}"
             )
         else:
             self.progress.setMaximum(max(progress.documents_total, 1))

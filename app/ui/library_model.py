@@ -221,7 +221,9 @@ class LibraryTreeModel(QAbstractItemModel):
         if role == Qt.ItemDataRole.ToolTipRole:
             if column == 2:
                 indexed = row[INDEXED_AT]
-                when = time.strftime(" · indexed %Y-%m-%d %H:%M", time.localtime(indexed)) if indexed else ""
+                # A skipped or failed file was looked at, never indexed.
+                verb = "indexed" if row[STATE] not in REASON_STATES else "checked"
+                when = time.strftime(f" · {verb} %Y-%m-%d %H:%M", time.localtime(indexed)) if indexed else ""
                 return self._label(row) + when
             return display_path(row[PATH])
         if role == Qt.ItemDataRole.ForegroundRole and column == 2:

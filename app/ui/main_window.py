@@ -577,7 +577,8 @@ class MainWindow(QMainWindow):
 
     def _choose_export(self) -> None:
         item = self.sidebar.list.currentItem()
-        name = "".join(c if c.isalnum() or c in " -_" else "_" for c in (item.text() if item else "chat")).strip()
+        title = item.text() if item else "chat"
+        name = " ".join("".join(c if c.isalnum() or c in " -_" else " " for c in title).split())
         path, _ = QFileDialog.getSaveFileName(
             self, "Export chat", str(Path.home() / f"{name or 'chat'}.md"), "Markdown (*.md)"
         )
