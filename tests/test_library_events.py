@@ -203,3 +203,24 @@ def test_commands_from_many_threads_go_through_one_writer(make_library, tmp_path
     assert writers == {"dolphin-indexer"}
     assert library.store.count_states()[DocumentState.READY] == 20
     wait_for(lambda: library.indexer.wait_idle(0))
+
+
+def test_a_folder_that_went_away_is_reported_missing_and_keeps_its_index(make_library, tmp_path) -> None:
+    from app.library.events import FoldersChanged
+
+    folder = tmp_path / "usb"
+    folder.mkdir()
+    shutil.copy(ROOT / "benchmarks" / "data" / "kjv" / "ruth.txt", folder / "ruth.txt")
+    library = make_library()
+    library.add_folder(folder)
+    library.start()
+    assert library.index_until_done(timeout=60)
+    seen: list[FoldersChanged] = []
+    library.subscribe(lambda e: seen.append(e) if isinstance(e, FoldersChanged) else None)
+    shutil.move(str(folder), str(tmp_path / "elsewhere"))  # a drive unplugged, a folder moved away
+    library.reconcile()
+    wait_for(lambda: any(f.missing for e in seen for f in e.folders), timeout=10)
+    assert library.store.count_states()["ready"] == 1  # nothing the user had is lost
+    shutil.move(str(tmp_path / "elsewhere"), str(folder))
+    library.reconcile()
+    wait_for(lambda: not any(f.missing for f in seen[-1].folders), timeout=10)

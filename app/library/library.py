@@ -329,6 +329,7 @@ class Library:
     def reconcile(self) -> None:
         for folder in self.store.folders():
             self._scan(folder)
+        self.indexer.note_folders()  # a folder that went missing, or came back, shows as such
 
     # watching ------------------------------------------------------------------------------
 
@@ -437,7 +438,10 @@ class Library:
 
     def _forget(self, path: Path, directory: bool) -> None:
         if any(f.path == path for f in self.store.folders()):
-            return  # the watched folder itself vanished: keep its index (see Scanner.scan)
+            # The watched folder itself vanished (moved, deleted, its drive unplugged): keep its
+            # index (see Scanner.scan), and say it is missing.
+            self.indexer.note_folders()
+            return
 
         def forget() -> None:
             if directory:
