@@ -40,6 +40,10 @@ class Effect(Enum):
     RESCAN = "rescan"  # folders are scanned again: newly excluded files leave, included ones come
     RECHUNK = "rechunk"  # documents are chunked again in the background; unchanged chunks keep memories
     RELOAD_MODEL = "reload"  # the model bundle is loaded again
+    # Documents whose reading depends on it are read again: turning OCR on reads the scanned PDFs
+    # and images it had skipped (`app.library.ocr.OCR_OFF` is in their reason); turning it off
+    # applies to documents read from then on (those already read by OCR keep their text).
+    REREAD = "reread"
 
 
 @dataclass(frozen=True)
@@ -84,6 +88,8 @@ SCHEMA: tuple[SettingSpec, ...] = (
     SettingSpec("include_patterns", "Include patterns", list(DEFAULT_INCLUDE), effect=Effect.RESCAN),
     SettingSpec("exclude_patterns", "Exclude patterns", list(DEFAULT_EXCLUDE), effect=Effect.RESCAN),
     SettingSpec("pause_on_battery", "Pause indexing on battery", True),
+    # One multilingual model (Latin scripts, Chinese, Japanese): no language to choose (app/library/ocr.py).
+    SettingSpec("ocr", "Read scans and images (OCR)", True, effect=Effect.REREAD),
     SettingSpec("hub_repo", "Hub repository", "NexaAIDev/Squid"),
 )
 SPECS = {spec.name: spec for spec in SCHEMA}
@@ -112,6 +118,7 @@ class Settings:
     include_patterns: list[str] = field(default_factory=lambda: list(SPECS["include_patterns"].default))
     exclude_patterns: list[str] = field(default_factory=lambda: list(SPECS["exclude_patterns"].default))
     pause_on_battery: bool = _default("pause_on_battery")
+    ocr: bool = _default("ocr")
     hub_repo: str = _default("hub_repo")
 
     def validate(self) -> None:
