@@ -201,6 +201,7 @@ def _open_library(args: argparse.Namespace, settings, on_progress: Callable | No
         on_progress=on_progress,
         include=settings.include_patterns,
         exclude=settings.exclude_patterns,
+        ocr=settings.ocr,
     )
 
 

@@ -73,10 +73,11 @@ def test_every_kind_is_indexed_with_pages_and_exclusions(make_library, tmp_path)
         "build": "excluded by pattern build (1 file)",
         "ignored.log": "excluded by pattern *.log in .gitignore",
         ".gitignore": "excluded by pattern .*",
-        "photo.jpg": "not a document type (no include pattern matches it)",
     }
     assert all(listed[name]["chunks"] == 0 for name in left_out)
-    documents = {name: d for name, d in listed.items() if name not in left_out}
+    # An image is a document now (read by OCR); this one is damaged, and says so.
+    assert listed["photo.jpg"]["state"] == "failed" and "not a readable image" in listed["photo.jpg"]["error"]
+    documents = {name: d for name, d in listed.items() if name not in left_out and name != "photo.jpg"}
     assert set(documents) == {"ruth.md", "page.html", "code.py", "log.pdf", "letter.docx"}
     assert all(d["state"] == "ready" and d["chunks"] >= 1 and d["error"] is None for d in documents.values())
     assert documents["ruth.md"]["chunks"] > 5

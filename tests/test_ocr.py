@@ -360,3 +360,48 @@ def test_the_ocr_setting(tmp_path) -> None:
     (tmp_path / "settings.json").write_text(json.dumps({"version": 1, "top_k": 5}), encoding="utf-8")
     settings, problem = load_settings(tmp_path)
     assert problem is None and settings.ocr is True and settings.top_k == 5
+
+
+def test_images_are_documents_by_default_and_the_setting_turns_ocr_off(make_library, tmp_path) -> None:
+    assert set(IMAGE_PATTERNS) <= set(DEFAULT_INCLUDE)
+    folder = tmp_path / "scans"
+    folder.mkdir()
+    (ruth,) = kjv_pages("ruth.txt", 1, 60, STRIP)
+    scanned_image(ruth, folder / "page.png", STRIP)
+    library = make_library()
+    library.set_ocr(False)
+    library.add_folder(folder)
+    library.start()
+    assert library.index_until_done(timeout=180)
+    (row,) = library.status()["documents"]
+    assert row["state"] == "skipped" and OCR_OFF in row["error"]
+    library.set_ocr(True)  # turning it on reads what it had skipped
+    assert library.index_until_done(timeout=180)
+    (row,) = library.status()["documents"]
+    assert row["state"] == "ready" and row["chunks"] >= 1
+
+
+def test_cheap_text_goes_first_and_progress_names_the_ocr_page(make_library, tmp_path) -> None:
+    from app.library.events import DocumentsChanged, IndexProgress
+
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    scanned_pdf(kjv_pages("jonah.txt", 2, 30, A6), folder / "a-scan.pdf", A6)  # first in path order
+    for name in ("esther.txt", "ruth.txt", "jonah.txt"):
+        (folder / f"b-{name}").write_text(kjv_pages(name, 1, 0)[0], encoding="utf-8")
+    library = make_library()
+    ready: list[str] = []
+    pages: list[str] = []
+
+    def listen(event) -> None:
+        if isinstance(event, DocumentsChanged):
+            ready.extend(d.path.name for d in event.documents if d.state == DocumentState.READY)
+        elif isinstance(event, IndexProgress) and event.ocr_page:
+            pages.append(event.ocr_page)
+
+    library.subscribe(listen)
+    library.add_folder(folder)
+    library.start()
+    assert library.index_until_done(timeout=240)
+    assert ready.index("a-scan.pdf") > max(ready.index(f"b-{n}") for n in ("esther.txt", "ruth.txt", "jonah.txt"))
+    assert pages[:2] == ["reading page 1 of 2 (OCR)", "reading page 2 of 2 (OCR)"]

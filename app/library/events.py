@@ -49,6 +49,7 @@ class IndexProgress:
     counts: dict[DocumentState, int] | None = None
     documents_read: int = 0  # documents of this run whose chunks are counted in chunks_total
     reading: bool = False  # the current file is being read (its chunks are not known yet)
+    ocr_page: str = ""  # 'reading page 3 of 40 (OCR)' while a page of it is read by OCR
 
     @property
     def estimated_chunks_total(self) -> int:

@@ -61,6 +61,13 @@ DEFAULT_INCLUDE = [
     "*.cfg",
     "*.conf",
     "*.xml",
+    # Scans and photos of pages, read by OCR (app/library/ocr.py; a setting turns it off).
+    "*.png",
+    "*.jpg",
+    "*.jpeg",
+    "*.tif",
+    "*.tiff",
+    "*.webp",
 ]
 DEFAULT_EXCLUDE = [
     ".*",

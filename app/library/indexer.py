@@ -46,6 +46,7 @@ from app.library.events import (
 )
 from app.library.extractor import Extractor
 from app.library.filters import FolderFilter
+from app.library.ocr import PageProgress, PageStep
 from app.library.states import FINAL_STATES, DocumentState, IndexerState
 from app.library.store import LIBRARY_WIDE, ChunkRecord, Document, Store, StoreError, display_path
 from app.logs import describe_exception
@@ -132,6 +133,9 @@ class Indexer:
         self._chunks_total = 0
         self._documents_read = 0
         self._reading = False
+        self._ocr_page = ""  # 'reading page 3 of 40 (OCR)' while the reader is on such a page
+        self._ocr_later: set[int] = set()  # scans put back while cheaper documents wait
+        self._ocr_now: int | None = None  # the scan whose turn it is (not put back again)
         self._current: str | None = None
         self._rate_window: list[float] = []
         self._last_progress = 0.0
@@ -331,6 +335,7 @@ class Indexer:
             counts,
             self._documents_read,
             self._reading,
+            self._ocr_page,
         )
 
     def _progress(self, state: IndexerState, every_chunk: bool = False) -> None:
@@ -367,14 +372,43 @@ class Indexer:
         self._counts = Counter(self._states.values())
 
     def _next_document(self) -> Document | None:
+        """The most urgent pending document; scans put back for cheaper text come last."""
         now = time.monotonic()
         for document_id in [i for i, at in self._retry_at.items() if at <= now]:
             del self._retry_at[document_id]
         try:
-            return self._store.next_pending(exclude=[*self._retry_at, *self._given_up])
+            document = self._store.next_pending(exclude=[*self._retry_at, *self._given_up, *self._ocr_later])
+            if document is None and self._ocr_later:
+                document = self._store.next_pending(exclude=[*self._retry_at, *self._given_up])
+                if document is not None:
+                    self._ocr_now = document.id  # its turn: it is not put back again
+            return document
         except StoreError as exc:
             self.last_error = str(exc)
             return None
+
+    def _on_ocr_page(self, document: Document, page: PageProgress) -> PageStep:
+        """Before each page the reader reads by OCR (seconds each): show it, let a question be
+        answered first, stop when asked to; and before the first, put the document back if a
+        cheaper one (text, no OCR) is waiting."""
+        if self._stop.is_set():
+            return PageStep.STOP
+        if page.index == 0 and document.id != self._ocr_now:
+            try:
+                cheaper = self._store.next_pending(
+                    exclude=[document.id, *self._retry_at, *self._given_up, *self._ocr_later]
+                )
+            except StoreError:
+                cheaper = None
+            if cheaper is not None:
+                return PageStep.STOP
+        self._ocr_page = page.describe()
+        self._progress(IndexerState.INDEXING)
+        self._drain()
+        while self._held() and not self._stop.is_set():
+            self._progress(IndexerState.PAUSED if self._paused else IndexerState.INDEXING)
+            self._wait_for_command(None)
+        return PageStep.STOP if self._stop.is_set() else PageStep.GO
 
     def _loop(self) -> None:
         while True:
@@ -569,9 +603,17 @@ class Indexer:
         self._reading = True
         self._progress(IndexerState.INDEXING)
         try:
-            result = self._extractor.extract(path)
+            result = self._extractor.extract(path, on_page=lambda page: self._on_ocr_page(document, page))
         finally:
             self._reading = False
+            self._ocr_page = ""
+        if result.stopped:
+            # Put back: for cheaper documents first (see _on_ocr_page), or because we are stopping.
+            if not self._stop.is_set():
+                self._ocr_later.add(document.id)
+            self._set_state(path, DocumentState.PENDING)
+            return
+        self._ocr_later.discard(document.id)
         if result.state is not DocumentState.READY:
             log.info("%s: %s: %s", display_path(path), result.state, result.reason)
             self._set_state(path, result.state, result.reason, size=size, mtime=mtime, content_hash=content_hash)

@@ -15,6 +15,7 @@ import logging
 import threading
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -32,6 +33,7 @@ from app.library.events import (
 from app.library.extractor import DEFAULT_TIMEOUT_S, Extractor
 from app.library.filters import FolderFilter, is_left_out, pattern_problems
 from app.library.indexer import PRIORITY_CHANGED, PRIORITY_SCAN, Indexer, IndexerStoppedError
+from app.library.ocr import OCR_OFF, OcrOptions
 from app.library.retrieval import DEFAULT_TOP_K
 from app.library.scanner import Scanner, ScanResult
 from app.library.states import DocumentState
@@ -75,13 +77,17 @@ class Library:
         on_indexer_failure: Callable[[str], None] | None = None,
         include: list[str] | None = None,
         exclude: list[str] | None = None,
+        ocr: bool = True,
     ) -> None:
         self.data_dir = Path(data_dir).resolve()
         self.store = Store(self.data_dir)
         self.model = model
         self.hub = EventHub()
         self.scanner = Scanner(include, exclude)
-        extractor = Extractor(model.manifest.path("tokenizer"), chunk_tokens, timeout_s=extraction_timeout_s)
+        extractor = Extractor(
+            model.manifest.path("tokenizer"), chunk_tokens, timeout_s=extraction_timeout_s, ocr=OcrOptions(enabled=ocr)
+        )
+        self._extractor = extractor
         self.indexer = Indexer(self.store, ModelEncoder(model), self.folder_filter, extractor, self.hub)
         self.answerer = Answerer(self.store, model, self.indexer.answering)
         if on_progress is not None:
@@ -204,6 +210,19 @@ class Library:
         excluded files leave the library and newly included ones are indexed."""
         if self.scanner.set_patterns(include, exclude):
             self.reconcile()
+
+    def set_ocr(self, enabled: bool) -> None:
+        """Turn reading scans and images on or off; turning it on reads what it had skipped.
+        Documents already read by OCR keep their text when it is turned off."""
+
+        def apply() -> None:
+            self._extractor.ocr = replace(self._extractor.ocr, enabled=enabled)
+            if enabled:
+                paths = self.store.requeue_skipped_because(OCR_OFF, PRIORITY_CHANGED)
+                if paths:
+                    self.indexer.note_changed(paths)
+
+        self._writer(apply)
 
     def set_folder_patterns(self, path: Path, include: list[str] | None, exclude: list[str] | None) -> None:
         """A folder's own patterns (None: follow the app's), kept in the database, and a scan

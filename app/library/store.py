@@ -547,6 +547,21 @@ class Store:
             found.extend(self._document(r) for r in rows)
         return found
 
+    def requeue_skipped_because(self, reason_part: str, priority: int) -> list[Path]:
+        """Skipped documents whose reason contains `reason_part` go back to pending (turning OCR
+        on reads the scans it had skipped)."""
+        pattern = "%" + reason_part.replace("%", "").replace("_", "") + "%"
+        rows = self._query("SELECT path FROM documents WHERE state='skipped' AND error LIKE ?", (pattern,))
+        if not rows:
+            return []
+        with self.transaction() as db:
+            db.execute(
+                "UPDATE documents SET state='pending', error=NULL, priority=MIN(priority, ?) "
+                "WHERE state='skipped' AND error LIKE ?",
+                (priority, pattern),
+            )
+        return [path_from_db(r["path"]) for r in rows]
+
     def requeue_other_chunkers(self, chunker: str, priority: int) -> list[Path]:
         """Documents chunked otherwise than `chunker` go back to pending (their old chunks serve
         until new ones replace them; memories of unchanged chunk text are reused)."""

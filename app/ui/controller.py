@@ -168,6 +168,7 @@ class AppController(QObject):
                 chunk_tokens=settings.chunk_tokens,
                 include=settings.include_patterns,
                 exclude=settings.exclude_patterns,
+                ocr=settings.ocr,
             )
             with self._lock:
                 if self._closing:
@@ -288,6 +289,9 @@ class AppController(QObject):
         if Effect.RECHUNK in needed:
             tokens = new.chunk_tokens
             self._run_on_library("Changing the chunk size failed", lambda lib: lib.set_chunk_tokens(tokens))
+        if Effect.REREAD in needed:
+            enabled = new.ocr
+            self._run_on_library("Turning OCR on or off failed", lambda lib: lib.set_ocr(enabled))
         if Effect.RESCAN in needed:
             include, exclude = list(new.include_patterns), list(new.exclude_patterns)
             self._run_on_library("Applying the patterns failed", lambda lib: lib.set_patterns(include, exclude))

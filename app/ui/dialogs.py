@@ -101,7 +101,13 @@ class SettingsDialog(QDialog):
         form.addRow("Data folder", data)
         self.battery = QCheckBox("Pause indexing while on battery")
         self.battery.setChecked(settings.pause_on_battery)
+        self.ocr = QCheckBox(spec("ocr").label)
+        self.ocr.setToolTip(
+            "Scanned PDF pages and images (png, jpg, tiff, webp) are read by OCR: slow, a few seconds a page"
+        )
+        self.ocr.setChecked(settings.ocr)
         form.addRow("", self.battery)
+        form.addRow("", self.ocr)
         buttons = QDialogButtonBox(QDialogButtonBox.StandardButton.Save | QDialogButtonBox.StandardButton.Cancel)
         buttons.accepted.connect(self._accept)
         buttons.rejected.connect(self.reject)
@@ -129,6 +135,7 @@ class SettingsDialog(QDialog):
             include_patterns=self.include.toPlainText().split(),
             exclude_patterns=self.exclude.toPlainText().split(),
             pause_on_battery=self.battery.isChecked(),
+            ocr=self.ocr.isChecked(),
         )
 
     def _accept(self) -> None:

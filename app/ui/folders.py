@@ -323,7 +323,8 @@ class FoldersPanel(QWidget):
         if progress.state == IndexerState.INDEXING and progress.current_file:
             name = Path(progress.current_file).name
             if progress.reading:
-                self.current.setText(f"Reading {name}…")
+                page = f": {progress.ocr_page}" if progress.ocr_page else ""
+                self.current.setText(f"Reading {name}{page}…")
             else:
                 rate = f" · {progress.chunks_per_second:.1f} chunks/s" if progress.chunks_per_second else ""
                 self.current.setText(f"Compressing {name}{rate}")
