@@ -137,7 +137,7 @@ def _mixed_folder(tmp_path: Path) -> Path:
     (folder / "sub").mkdir(parents=True)
     (folder / "notes.txt").write_text("The keeper lit the lamp at dusk.")
     (folder / "debug.log").write_text("a log the exclude patterns leave out")
-    (folder / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (folder / "song.mp3").write_bytes(b"ID3\x03\x00\x00\x00\x00\x0f\x76")
     (folder / ".env").write_text("SECRET=1")
     (folder / "sub" / ".gitignore").write_text("*.tmp\n")
     (folder / "sub" / "scratch.tmp").write_text("ignored by git")
@@ -174,7 +174,7 @@ def test_every_file_left_out_is_listed_with_its_reason(make_library, tmp_path) -
         ".env": "excluded by pattern .*",
         ".git": "excluded by pattern .* (3 files)",
         "debug.log": "excluded by pattern *.log",
-        "photo.png": NOT_INCLUDED,
+        "song.mp3": NOT_INCLUDED,
         "sub/.gitignore": "excluded by pattern .*",
         "sub/scratch.tmp": "excluded by pattern *.tmp in sub/.gitignore",
     }
@@ -253,7 +253,7 @@ def test_the_window_lists_left_out_files_and_edits_a_folders_patterns(
     only_left_out = tmp_path / "pictures"
     only_left_out.mkdir()
     shutil.copy(BINARY, only_left_out / "tool")
-    (only_left_out / "photo.png").write_bytes(b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR")
+    (only_left_out / "song.mp3").write_bytes(b"ID3\x03\x00\x00\x00\x00\x0f\x76")
     data = tmp_path / "data"
     window, controller = open_window(data, settings=Settings(bundle_path=str(fp32_bundle)))
     wait_ready(qtbot, controller)
@@ -271,7 +271,7 @@ def test_the_window_lists_left_out_files_and_edits_a_folders_patterns(
     assert rows["table.dat"] == f"skipped: {NOT_INCLUDED}"
     # A folder of files that are all left out says so, and why, instead of "empty".
     assert dict(window.folders.folder_rows())["pictures"] == "2 skipped"
-    assert window.folders.document_rows(1) == {"photo.png": f"skipped: {NOT_INCLUDED}", "tool": f"skipped: {NOT_TEXT}"}
+    assert window.folders.document_rows(1) == {"song.mp3": f"skipped: {NOT_INCLUDED}", "tool": f"skipped: {NOT_TEXT}"}
 
     # Right-click a folder: "Patterns…" opens its patterns, showing the Settings ones it follows.
     menus: list[QMenu] = []
