@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 from PySide6.QtCore import QPoint
 
 from app.chats import Message
@@ -16,12 +17,18 @@ def _long_answers(count: int) -> list[str]:
     return [" ".join(words[i * 180 : (i + 1) * 180]) for i in range(count)]
 
 
-def test_the_newest_message_is_in_view_after_twenty_long_answers(qtbot) -> None:
-    panel = ChatPanel()
-    qtbot.addWidget(panel)
-    panel.resize(800, 600)
-    panel.show()
-    qtbot.waitExposed(panel)
+@pytest.fixture
+def panel(qtbot) -> ChatPanel:
+    """A chat panel shown at 800x600."""
+    shown = ChatPanel()
+    qtbot.addWidget(shown)
+    shown.resize(800, 600)
+    shown.show()
+    qtbot.waitExposed(shown)
+    return shown
+
+
+def test_the_newest_message_is_in_view_after_twenty_long_answers(qtbot, panel) -> None:
     for number, answer in enumerate(_long_answers(20)):
         panel.transcript.add(Message("user", f"Question {number}: what happens next?"))
         panel.begin_answer()
@@ -47,12 +54,7 @@ def test_the_newest_message_is_in_view_after_twenty_long_answers(qtbot) -> None:
         assert abs(view.body.height() - view.body.heightForWidth(view.body.width())) <= 1
 
 
-def test_reading_further_up_is_not_interrupted_by_a_streaming_answer(qtbot) -> None:
-    panel = ChatPanel()
-    qtbot.addWidget(panel)
-    panel.resize(800, 600)
-    panel.show()
-    qtbot.waitExposed(panel)
+def test_reading_further_up_is_not_interrupted_by_a_streaming_answer(qtbot, panel) -> None:
     answers = _long_answers(6)
     for answer in answers[:5]:
         panel.transcript.add(Message("user", "And then?"))
@@ -135,13 +137,10 @@ def test_an_exported_chat_has_no_control_characters() -> None:
     assert "\x1b" not in exported and "\x07" not in exported and "Yes done" in exported
 
 
-def test_an_error_is_a_banner_with_an_icon_and_details(qtbot) -> None:
+def test_an_error_is_a_banner_with_an_icon_and_details(qtbot, panel) -> None:
     from PySide6.QtCore import Qt as QtNs
     from PySide6.QtWidgets import QMessageBox
 
-    panel = ChatPanel()
-    qtbot.addWidget(panel)
-    panel.show()
     panel.show_banner("The answer failed: the model stopped", "Traceback (most recent call last): ...")
     banner = panel.banner
     assert banner.isVisible() and not banner.icon.pixmap().isNull()

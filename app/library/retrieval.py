@@ -138,6 +138,8 @@ def _matrix(pairs: list[tuple[int, bytes]]) -> np.ndarray:
 
 
 def _distinct_texts(chunks: list[StoredChunk], k: int) -> list[StoredChunk]:
+    """The first `k` chunks with different texts: the same text in two files (a copy, a backup)
+    is one memory, and fills one slot, not two."""
     seen: set[str] = set()
     out = []
     for chunk in chunks:
@@ -233,18 +235,8 @@ class Retriever:
             fused[chunk.id] = fused.get(chunk.id, 0.0) + params.bm25_weight / (params.rrf_k + rank + 1)
         for rank, (chunk_id, _) in enumerate(dense):
             fused[chunk_id] = fused.get(chunk_id, 0.0) + params.dense_weight / (params.rrf_k + rank + 1)
-        # The same text in two files (a copy, a backup) is one memory: it fills one slot, not two.
         ranked = sorted(fused, key=fused.__getitem__, reverse=True)[: k * 3]
         by_id = {c.id: c for c in keyword}
         by_id.update(self._store.chunks_by_id([i for i in ranked if i not in by_id]))
-        chunks: list[StoredChunk] = []
-        seen: set[str] = set()
-        for i in ranked:
-            chunk = by_id.get(i)
-            if chunk is None or chunk.text_hash in seen:
-                continue
-            seen.add(chunk.text_hash)
-            chunks.append(replace(chunk, score=fused[i], similarity=similarity.get(i)))
-            if len(chunks) == k:
-                break
-        return Retrieved(chunks, best_similarity, "hybrid")
+        found = [replace(by_id[i], score=fused[i], similarity=similarity.get(i)) for i in ranked if i in by_id]
+        return Retrieved(_distinct_texts(found, k), best_similarity, "hybrid")
