@@ -92,13 +92,17 @@ def main() -> None:
     parser.add_argument("--bundle", type=Path, required=True)
     parser.add_argument("--chunk-tokens", type=int, help="default: the app's default setting")
     parser.add_argument("--limit", type=int, help="ask only the first N questions (a quick look)")
-    parser.add_argument("--json", type=Path)
+    parser.add_argument("--json", type=Path, help="the figures (no question texts: this file may be committed)")
+    parser.add_argument("--misses", type=Path, help="the questions missed, for a look (never commit it)")
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="dolphin-holdout-") as work:
         result = run(args.bundle, Path(work), args.chunk_tokens, args.limit)
-    print(json.dumps({k: v for k, v in result.items() if k != "misses"}, indent=1))
+    figures = {k: v for k, v in result.items() if k != "misses"}
+    print(json.dumps(figures, indent=1))
     if args.json:
-        args.json.write_text(json.dumps(result, indent=1, ensure_ascii=False) + "\n")
+        args.json.write_text(json.dumps(figures, indent=1, ensure_ascii=False) + "\n")
+    if args.misses:
+        args.misses.write_text(json.dumps(result["misses"], indent=1, ensure_ascii=False) + "\n")
 
 
 if __name__ == "__main__":

@@ -24,12 +24,13 @@ import time
 from pathlib import Path
 
 from app.library.library import Library
-from app.library.retrieval import RetrievalParams, Retriever
+from app.library.retrieval import Fusion, RetrievalParams, Retriever
 from benchmarks.qa_sets import QASet, build
 from inference import DolphinModel
 
 DEV_SETS = ("debian-faq", "tools-faq")
-GRID = {"rrf_k": (1, 5, 10, 30, 60), "bm25_weight": (0.0, 0.25, 0.5, 0.75, 1.0)}
+RRF_GRID = {"rrf_k": (1, 5, 10, 30, 60), "bm25_weight": (0.0, 0.25, 0.5, 0.75, 1.0)}
+CONVEX_GRID = (0.5, 0.6, 0.7, 0.75, 0.8, 0.85, 0.9, 0.95)  # the dense side's share
 THRESHOLDS = (0.0, 0.1, 0.15, 0.2, 0.25, 0.3, 0.35, 0.4)
 
 
@@ -45,6 +46,12 @@ def _recall(retriever: Retriever, qa: QASet, params: RetrievalParams | None, bm2
         hits3 += document in files
     n = len(qa.questions)
     return {"recall_at_1": round(hits1 / n, 3), "recall_at_3": round(hits3 / n, 3), "questions": n}
+
+
+def _fusion_key(params: RetrievalParams) -> str:
+    if params.fusion is Fusion.RRF:
+        return f"rrf_k={params.rrf_k} bm25_weight={params.bm25_weight}"
+    return f"convex dense_share={params.dense_share}"
 
 
 def evaluate(bundle: Path, work: Path, chunk_tokens: int) -> dict:
@@ -72,12 +79,15 @@ def evaluate(bundle: Path, work: Path, chunk_tokens: int) -> dict:
             "documents": len(qa.documents),
             "chunks": sum(d.chunk_count for d in library.store.documents()),
             "bm25": _recall(retriever, qa, None, bm25_only=True),
-            "dense": _recall(retriever, qa, RetrievalParams(bm25_weight=0.0, min_similarity=-1.0)),
+            "dense": _recall(retriever, qa, RetrievalParams(dense_share=1.0, min_similarity=-1.0)),
             "grid": {},
         }
-        for rrf_k, weight in itertools.product(GRID["rrf_k"], GRID["bm25_weight"]):
-            params = RetrievalParams(rrf_k=rrf_k, bm25_weight=weight, min_similarity=-1.0)
-            entry["grid"][f"rrf_k={rrf_k} bm25_weight={weight}"] = _recall(retriever, qa, params)
+        for rrf_k, weight in itertools.product(RRF_GRID["rrf_k"], RRF_GRID["bm25_weight"]):
+            params = RetrievalParams(fusion=Fusion.RRF, rrf_k=rrf_k, bm25_weight=weight, min_similarity=-1.0)
+            entry["grid"][_fusion_key(params)] = _recall(retriever, qa, params)
+        for share in CONVEX_GRID:
+            params = RetrievalParams(fusion=Fusion.CONVEX, dense_share=share, min_similarity=-1.0)
+            entry["grid"][_fusion_key(params)] = _recall(retriever, qa, params)
         entry["seconds"] = round(time.perf_counter() - started, 1)
         results["sets"][name] = entry
     # The fusion that does best over both sets (mean of recall@3 and recall@1).
@@ -90,7 +100,7 @@ def evaluate(bundle: Path, work: Path, chunk_tokens: int) -> dict:
         )
 
     results["best_fusion"] = max(keys, key=score)
-    results["default_fusion"] = f"rrf_k={RetrievalParams().rrf_k} bm25_weight={RetrievalParams().bm25_weight}"
+    results["default_fusion"] = _fusion_key(RetrievalParams())
     # Threshold: own questions should pass, the other set's should be rejected.
     thresholds = {}
     for tau in THRESHOLDS:

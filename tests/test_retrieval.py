@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -13,7 +14,8 @@ import pytest
 
 from app.chats import Message, turns
 from app.library.answering import AnswerOutcome, Turn
-from app.library.retrieval import RetrievalParams
+from app.library.retrieval import Fusion, RetrievalParams, _convex, _reciprocal_rank
+from app.library.store import StoredChunk
 from inference import GenerationSettings
 from inference.conversation import Exchange, question_text
 from tests.conftest import FIXTURES, ROOT
@@ -235,3 +237,37 @@ def test_the_same_text_in_two_files_fills_one_slot(make_library, hybrid_model, l
         "When was the lighthouse built?", 3, RetrievalParams(min_similarity=-1)
     ).chunks
     assert len(chunks) == 3 and len({c.text_hash for c in chunks}) == 3
+
+
+def _chunk(chunk_id: int, score: float = 0.0) -> StoredChunk:
+    return StoredChunk(chunk_id, Path(f"/docs/{chunk_id}.txt"), "text", 0, 4, None, 1, f"hash-{chunk_id}", score)
+
+
+def test_fusion_keeps_how_far_ahead_the_best_passage_is() -> None:
+    """Rank fusion hears only "first" and "fourth": a passage far closer in meaning than any other
+    loses to one that BM25 ranked first and the embedder barely noticed. The convex fusion keeps
+    the distance; where the embedder cannot tell passages apart, BM25 decides."""
+    dense = [(1, 0.80), (2, 0.30), (3, 0.29), (4, 0.28)]
+    cosine = dict(dense)
+    keyword = [_chunk(2, 10.0), _chunk(3, 9.0), _chunk(4, 8.0), _chunk(1, 7.9)]
+
+    def first(fused: dict[int, float]) -> int:
+        return max(fused, key=fused.__getitem__)
+
+    assert first(_reciprocal_rank(keyword, dense, cosine, RetrievalParams(fusion=Fusion.RRF))) == 2
+    assert first(_convex(keyword, dense, cosine, RetrievalParams())) == 1
+    close = [(1, 0.50), (2, 0.49), (3, 0.30)]
+    assert first(_convex([_chunk(2, 10.0), _chunk(1, 2.0)], close, dict(close), RetrievalParams())) == 2
+
+
+def test_a_chunk_whose_embedding_is_not_there_yet_is_found_by_its_words(hybrid_library) -> None:
+    """While the background backfill runs, a chunk without an embedding still counts for BM25, and
+    a question only it matches is not turned away as matching nothing."""
+    store = hybrid_library.store
+    chunks = store.chunks_by_id(store.chunk_ids()).values()
+    hashes = [c.text_hash for c in chunks if c.document_path.name == "bell-rock.txt"]
+    assert hashes
+    with sqlite3.connect(store.path) as db:
+        db.executemany("DELETE FROM embeddings WHERE text_hash = ?", [(h,) for h in hashes])
+    found = hybrid_library.retrieve("Which lighthouse stands on the Inchcape reef off the Firth of Tay?", k=3)
+    assert "bell-rock.txt" in _names(found)
