@@ -17,10 +17,12 @@ from typing import Any
 
 from app.library.chunking import DEFAULT_CHUNK_TOKENS
 from app.library.filters import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
+from app.library.ocr import IMAGE_PATTERNS
 from app.library.retrieval import DEFAULT_TOP_K
 from inference.bundle import PROVIDERS
 
-SETTINGS_VERSION = 1
+# 2: images became documents (read by OCR); an include list saved as the old default gains them.
+SETTINGS_VERSION = 2
 SETTINGS_NAME = "settings.json"
 
 
@@ -141,8 +143,18 @@ def _migrate(data: dict) -> dict:
             f"the settings were written by a newer Dolphin Desk (version {version}, this version knows "
             f"{SETTINGS_VERSION}): update the app; the settings were not changed"
         )
+    if version < 2:
+        # The file keeps the whole include list, so the default growing does not reach it: a list
+        # that was the version-1 default is what the user never chose to change, and it gets the
+        # image patterns the default gained. A list the user edited stays as they left it.
+        include = data.get("include_patterns")
+        if isinstance(include, list) and sorted(include) == sorted(_VERSION_1_INCLUDE):
+            data["include_patterns"] = [*include, *(p for p in IMAGE_PATTERNS if p not in include)]
     data["version"] = SETTINGS_VERSION
     return data
+
+
+_VERSION_1_INCLUDE = [p for p in DEFAULT_INCLUDE if p not in IMAGE_PATTERNS]
 
 
 def load_settings(data_dir: Path) -> tuple[Settings, str | None]:

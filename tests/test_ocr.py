@@ -24,7 +24,7 @@ from app.library.extractor import Extractor, ExtractResult
 from app.library.filters import DEFAULT_INCLUDE
 from app.library.ocr import IMAGE_PATTERNS, OCR_OFF, OcrOptions, PageProgress, PageStep, _layout, _Line
 from app.library.states import DocumentState
-from app.settings import Effect, Settings, load_settings, spec
+from app.settings import Effect, Settings, load_settings, save_settings, spec
 from benchmarks.ocr import A6, Paper, cer, kjv_pages, levenshtein, scan_pages, scanned_image, scanned_pdf
 
 CER_LIMIT = 0.05  # on clean 300-dpi scans (issue 14)
@@ -405,3 +405,19 @@ def test_cheap_text_goes_first_and_progress_names_the_ocr_page(make_library, tmp
     assert library.index_until_done(timeout=240)
     assert ready.index("a-scan.pdf") > max(ready.index(f"b-{n}") for n in ("esther.txt", "ruth.txt", "jonah.txt"))
     assert pages[:2] == ["reading page 1 of 2 (OCR)", "reading page 2 of 2 (OCR)"]
+
+
+def test_an_include_list_saved_as_the_old_default_gains_the_image_patterns(tmp_path) -> None:
+    """Settings files keep the whole include list: one saved before images became documents, and
+    left as it was, reads the scans now; a list the user edited is kept exactly."""
+    old_default = [p for p in DEFAULT_INCLUDE if p not in IMAGE_PATTERNS]
+    (tmp_path / "settings.json").write_text(
+        json.dumps({"version": 1, "include_patterns": old_default}), encoding="utf-8"
+    )
+    settings, problem = load_settings(tmp_path)
+    assert problem is None and sorted(settings.include_patterns) == sorted(DEFAULT_INCLUDE)
+    edited = ["*.txt", "*.pdf"]
+    (tmp_path / "settings.json").write_text(json.dumps({"version": 1, "include_patterns": edited}), encoding="utf-8")
+    assert load_settings(tmp_path)[0].include_patterns == edited
+    save_settings(tmp_path, settings)
+    assert json.loads((tmp_path / "settings.json").read_text(encoding="utf-8"))["version"] == 2
