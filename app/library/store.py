@@ -814,16 +814,27 @@ class Store:
     # retrieval -----------------------------------------------------------------------------
 
     def search(self, match: str, limit: int, folder_ids: Sequence[int] | None = None) -> list[StoredChunk]:
-        """BM25 over chunk texts; `folder_ids` limits it to those library folders (a chat's scope)."""
-        scope = ""
+        """BM25 over chunk texts; `folder_ids` limits it to those library folders (a chat's scope).
+
+        FTS5 ranks the matches by itself first and only the best `limit` are joined to their chunk
+        and document rows: joining every match (thousands, for a question with common words in a
+        20,000-chunk library) before sorting read every matching text and took most of a search.
+        """
+        scope, scope_args = "", ()
         if folder_ids is not None:
-            scope = f" AND d.folder_id IN ({', '.join('?' * len(folder_ids))})" if folder_ids else " AND 0"
+            scope = (
+                " AND rowid IN (SELECT c.id FROM chunks c JOIN documents d ON d.id = c.document_id "
+                f"WHERE d.folder_id IN ({', '.join('?' * len(folder_ids))}))"
+                if folder_ids
+                else " AND 0"
+            )
+            scope_args = tuple(folder_ids)
         rows = self._query(
-            "SELECT c.id, d.path, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash, "
-            "bm25(chunks_fts) AS score FROM chunks_fts JOIN chunks c ON c.id = chunks_fts.rowid "
-            f"JOIN documents d ON d.id = c.document_id WHERE chunks_fts MATCH ?{scope} "
-            "ORDER BY score LIMIT ?",
-            (match, *(folder_ids or ()), limit),
+            "SELECT c.id, d.path, c.text, c.char_start, c.char_end, c.page, c.token_count, c.text_hash, best.score "
+            "FROM (SELECT rowid, bm25(chunks_fts) AS score FROM chunks_fts "
+            f"WHERE chunks_fts MATCH ?{scope} ORDER BY score LIMIT ?) AS best "
+            "JOIN chunks c ON c.id = best.rowid JOIN documents d ON d.id = c.document_id ORDER BY best.score",
+            (match, *scope_args, limit),
         )
         return [
             StoredChunk(
