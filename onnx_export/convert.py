@@ -10,6 +10,7 @@ model twice.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import shutil
@@ -41,9 +42,17 @@ from inference.bundle import (
 from inference.tokenizer import END_OF_TEXT, MEMORY_TOKENS
 from onnx_export.checkpoint import ENCODER_PREFIX, PROJECTOR_PREFIX, DolphinCheckpoint, open_checkpoint
 from onnx_export.embedder import EmbedderError, export_embedder
-from onnx_export.quantize import quantize_int4
+from onnx_export.quantize import INT8_SCHEME, quantize_int4, quantize_int8
+from onnx_export.smoothing import calibration_feeds
 
 PRECISIONS = ("int4", "fp16", "fp32")
+# The encoder may also be int8 (CPU only: DynamicQuantizeMatMul has no GPU kernel). It is the
+# default for CPU bundles: on the 0.5B encoder it runs ~2x the chunks/s of int4, and on trained
+# weights its memory is ~30x closer to fp32 (cosine 0.998 against int4's 0.938; the benchmark is
+# benchmarks/encoder_precision.py, the figures are in benchmarks/README.md).
+ENCODER_PRECISIONS = ("int8", "int4", "fp16", "fp32")
+CALIBRATION_CHUNKS = 4
+CALIBRATION_TOKENS = 384  # the default chunk size: what the encoder sees while indexing
 PROVIDERS = ("cpu", "dml", "cuda")
 DEFAULT_MAX_CONTEXT_TOKENS = 2048
 _QWEN2_KEYS = (
@@ -71,7 +80,7 @@ class ConversionError(Exception):
 Progress = Callable[[str], None]
 
 
-def _qwen2_config(source: dict) -> dict:
+def qwen2_config(source: dict) -> dict:
     config = {k: source[k] for k in _QWEN2_KEYS if k in source}
     config.update(
         {
@@ -87,7 +96,7 @@ def _qwen2_config(source: dict) -> dict:
     return config
 
 
-def _stack_dims(config: dict) -> dict:
+def stack_dims(config: dict) -> dict:
     heads = config["num_attention_heads"]
     return {
         "hidden_size": config["hidden_size"],
@@ -105,8 +114,8 @@ def split_checkpoint(checkpoint: DolphinCheckpoint, work: Path, bundle: Path, pr
         for name in ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"):
             if (checkpoint.root / name).exists():
                 shutil.copy2(checkpoint.root / name, folder / name)
-    (dec_dir / "config.json").write_text(json.dumps(_qwen2_config(checkpoint.config), indent=2))
-    (enc_dir / "config.json").write_text(json.dumps(_qwen2_config(checkpoint.encoder_config), indent=2))
+    (dec_dir / "config.json").write_text(json.dumps(qwen2_config(checkpoint.config), indent=2))
+    (enc_dir / "config.json").write_text(json.dumps(qwen2_config(checkpoint.encoder_config), indent=2))
 
     maps: dict[Path, dict[str, str]] = {dec_dir: {}, enc_dir: {}}
     projector: dict[str, np.ndarray] = {}
@@ -208,19 +217,65 @@ def run_builder(hf_dir: Path, out_dir: Path, precision: str, provider: str, opti
 
 
 def export_stack(
-    hf_dir: Path, out_dir: Path, precision: str, provider: str, options: dict[str, str], log: Path
+    hf_dir: Path,
+    out_dir: Path,
+    precision: str,
+    provider: str,
+    options: dict[str, str],
+    log: Path,
+    calibration_ids: list[list[int]] | None = None,
 ) -> None:
-    """One Qwen2 stack to ONNX. CPU int4 goes through an fp32 export and the streaming quantizer,
-    which needs about one weight matrix of RAM where the builder's own int4 pass needs ~4x the
-    model; GPU bundles keep the builder's path (their I/O is fp16)."""
-    if precision != "int4" or provider != "cpu":
+    """One Qwen2 stack to ONNX. CPU int4 and int8 go through an fp32 export and the streaming
+    quantizer, which needs about one weight matrix of RAM where the builder's own int4 pass needs
+    ~4x the model; GPU bundles keep the builder's path (their I/O is fp16). int8 calibrates its
+    SmoothQuant factors on `calibration_ids` run through the fp32 export."""
+    if precision not in ("int4", "int8") or provider != "cpu":
         run_builder(hf_dir, out_dir, precision, provider, options, log)
         return
     fp32_dir = out_dir.with_name(out_dir.name + "-fp32")
     run_builder(hf_dir, fp32_dir, "fp32", provider, options, log)
     out_dir.mkdir(parents=True, exist_ok=True)
-    quantize_int4(fp32_dir / "model.onnx", out_dir / "model.onnx")
+    source = fp32_dir / "model.onnx"
+    if precision == "int4":
+        quantize_int4(source, out_dir / "model.onnx")
+    else:
+        dims = stack_dims(json.loads((hf_dir / "config.json").read_text()))
+        feeds = calibration_feeds(source, calibration_ids or [], dims["num_kv_heads"], dims["head_size"])
+        quantize_int8(source, out_dir / "model.onnx", feeds)
     shutil.rmtree(fp32_dir)
+
+
+def default_encoder_precision(precision: str, provider: str) -> str:
+    """int8 for CPU int4 bundles (faster and closer to fp32 than int4); otherwise the decoder's."""
+    return "int8" if precision == "int4" and provider == "cpu" else precision
+
+
+def calibration_ids(tokenizer_path: Path, memory_ids: list[int], max_tokens: int) -> list[list[int]]:
+    """Seeded random ordinary tokens, each chunk followed by the [memory_i] tokens as in encoding.
+
+    Random tokens calibrate SmoothQuant almost as well as real text on trained weights (see
+    onnx_export/smoothing.py), and need no corpus in the converter."""
+    rng = np.random.default_rng(0)
+    ordinary = min(memory_ids) if memory_ids else _vocab_size(tokenizer_path)
+    length = min(CALIBRATION_TOKENS, max_tokens)
+    return [rng.integers(0, ordinary, length).tolist() + list(memory_ids) for _ in range(CALIBRATION_CHUNKS)]
+
+
+def _vocab_size(tokenizer_path: Path) -> int:
+    from tokenizers import Tokenizer
+
+    return Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
+
+
+def memory_token_ids(tokenizer_path: Path) -> list[int]:
+    """The 32 [memory_i] ids; a tokenizer without them is not Dolphin's, and nothing should be exported."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_path))
+    ids = [tokenizer.token_to_id(t) for t in MEMORY_TOKENS]
+    if None in ids:
+        raise ConversionError("the checkpoint's tokenizer lacks the [memory_i] tokens: not a Dolphin tokenizer")
+    return [int(i) for i in ids]
 
 
 def _keep_onnx_only(folder: Path) -> None:
@@ -249,7 +304,13 @@ def convert(
         raise ConversionError(f"provider must be one of {', '.join(PROVIDERS)}")
     if precision == "fp16" and provider == "cpu":
         raise ConversionError("fp16 bundles need --provider cuda or dml; on the CPU use int4 or fp32")
-    encoder_precision = encoder_precision or precision
+    encoder_precision = encoder_precision or default_encoder_precision(precision, provider)
+    if encoder_precision not in ENCODER_PRECISIONS:
+        raise ConversionError(f"encoder precision must be one of {', '.join(ENCODER_PRECISIONS)}")
+    if encoder_precision == "int8" and provider != "cpu":
+        raise ConversionError("int8 encoders run on the CPU only; for cuda or dml use --encoder-precision int4 or fp16")
+    if encoder_precision == "fp16" and provider == "cpu":
+        raise ConversionError("an fp16 encoder needs --provider cuda or dml; on the CPU use int8, int4 or fp32")
     out = Path(out).expanduser().resolve()
     if out.exists() and any(out.iterdir()):
         if not force:
@@ -265,8 +326,21 @@ def convert(
         split = split_checkpoint(checkpoint, work, staging, progress)
         log = staging / "convert.log"
         progress(f"exporting the memory encoder ({encoder_precision})")
+        calibration = None
+        if encoder_precision == "int8":
+            encoder_positions = int(checkpoint.encoder_config["max_position_embeddings"]) - len(MEMORY_TOKENS)
+            tokenizer_path = checkpoint.root / "tokenizer.json"
+            calibration = calibration_ids(
+                tokenizer_path, memory_token_ids(tokenizer_path), min(max_context_tokens, encoder_positions)
+            )
         export_stack(
-            work / "encoder-hf", staging / "encoder", encoder_precision, provider, {"exclude_lm_head": "true"}, log
+            work / "encoder-hf",
+            staging / "encoder",
+            encoder_precision,
+            provider,
+            {"exclude_lm_head": "true"},
+            log,
+            calibration,
         )
         progress(f"exporting the decoder ({precision})")
         decoder_options = {"exclude_embeds": "true", "prune_lm_head": "true"}
@@ -325,6 +399,18 @@ def _embedder(embedder: str | None, bundle: Path, progress: Progress) -> Embedde
         return None
 
 
+def encoder_files_digest(files: dict[str, dict], encoder_file: str) -> str:
+    """sha256 over the hashes of every file of the encoder's folder: the graph and its weights.
+
+    The graph alone would not do: two int8 exports with different SmoothQuant factors share
+    model.onnx and differ only in model.onnx.data, and their memories must not mix."""
+    folder = encoder_file.rsplit("/", 1)[0] + "/"
+    digest = hashlib.sha256()
+    for name in sorted(n for n in files if n.startswith(folder)):
+        digest.update(f"{name}:{files[name]['sha256']};".encode())
+    return digest.hexdigest()
+
+
 def _manifest(
     checkpoint: DolphinCheckpoint,
     bundle: Path,
@@ -338,15 +424,14 @@ def _manifest(
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(bundle / "tokenizer.json"))
-    memory_ids = [tokenizer.token_to_id(t) for t in MEMORY_TOKENS]
-    if None in memory_ids:
-        raise ConversionError("the checkpoint's tokenizer lacks the [memory_i] tokens: not a Dolphin tokenizer")
+    memory_ids = memory_token_ids(bundle / "tokenizer.json")
     eos_id = checkpoint.config.get("eos_token_id", tokenizer.token_to_id(END_OF_TEXT))
     enc_config = checkpoint.encoder_config
     encoder_positions = int(enc_config["max_position_embeddings"]) - len(MEMORY_TOKENS)
     fingerprint = checkpoint.fingerprint()
     files = describe_files(bundle)
     encoder_file, decoder_file = BUNDLE_PATHS["encoder"], BUNDLE_PATHS["decoder"]
+    encoder_digest = encoder_files_digest(files, encoder_file)
     return BundleManifest(
         memory_size=len(MEMORY_TOKENS),
         precision=precision,
@@ -354,12 +439,12 @@ def _manifest(
         source=SourceInfo(checkpoint.source_id, fingerprint, str(checkpoint.root)),
         tokenizer=TokenizerInfo(int(eos_id), [int(i) for i in memory_ids]),
         encoder=EncoderInfo(
-            StackInfo(file=encoder_file, precision=encoder_precision, **_stack_dims(enc_config)),
+            StackInfo(file=encoder_file, precision=encoder_precision, **stack_dims(enc_config)),
             min(max_context_tokens, encoder_positions),
-            f"{fingerprint[:16]}-{encoder_precision}-{files[encoder_file]['sha256'][:16]}",
+            f"{fingerprint[:16]}-{encoder_precision}-{encoder_digest[:16]}",
         ),
         decoder=DecoderInfo(
-            StackInfo(file=decoder_file, precision=precision, **_stack_dims(checkpoint.config)),
+            StackInfo(file=decoder_file, precision=precision, **stack_dims(checkpoint.config)),
             int(checkpoint.config["vocab_size"]),
             int(checkpoint.config["max_position_embeddings"]),
         ),
@@ -370,6 +455,7 @@ def _manifest(
             "torch": torch.__version__,
             "onnx": onnx.__version__,
             "rope_tables": "bf16-rounded, as the reference runs them",
+            **({"encoder_quantization": INT8_SCHEME} if encoder_precision == "int8" else {}),
             "peak_rss_mb": _peak_rss_mb(),
         },
         files=files,
