@@ -15,11 +15,26 @@ _DEVICE = {"cpu": "cpu", "cuda": "cuda", "dml": "cpu"}
 
 
 class DecoderState:
-    """The KV cache of one generation; `length` is how many positions it holds."""
+    """The KV cache of one generation; `length` is how many positions it holds.
 
-    def __init__(self, past: dict[str, ort.OrtValue]) -> None:
+    `Decoder.forward` never writes into the tensors it is given: it binds them as inputs and
+    replaces `past` with the new present tensors. So a state's tensors can be shared by copies
+    (an answer cache hands out `copy()`s of what it keeps) without one generation disturbing another.
+    """
+
+    def __init__(self, past: dict[str, ort.OrtValue], dtype: type[np.floating] = np.float32, length: int = 0) -> None:
         self.past = past
-        self.length = 0
+        self.dtype = dtype
+        self.length = length
+
+    def copy(self) -> DecoderState:
+        """A state over the same tensors that can be run on without changing this one."""
+        return DecoderState(dict(self.past), self.dtype, self.length)
+
+    @property
+    def nbytes(self) -> int:
+        itemsize = np.dtype(self.dtype).itemsize
+        return sum(int(np.prod(value.shape())) * itemsize for value in self.past.values())
 
 
 class Decoder:
@@ -38,7 +53,20 @@ class Decoder:
             name: ort.OrtValue.ortvalue_from_numpy(np.zeros((1, heads, 0, size), dtype=self.embeds_dtype))
             for name, (heads, size) in self._past_shapes.items()
         }
-        return DecoderState(past)
+        return DecoderState(past, self.embeds_dtype)
+
+    def prefix(self, state: DecoderState, length: int) -> DecoderState:
+        """A new state holding the first `length` positions of `state` (copied: the KV of a
+        position depends only on the positions up to it, so a prefix is exact)."""
+        if not 0 < length <= state.length:
+            raise ValueError(f"a prefix of {length} positions of a state that holds {state.length}")
+        past = {
+            name: ort.OrtValue.ortvalue_from_numpy(
+                np.ascontiguousarray(value.numpy()[:, :, :length, :]), self._device, 0
+            )
+            for name, value in state.past.items()
+        }
+        return DecoderState(past, state.dtype, length)
 
     def forward(self, embeds: np.ndarray, state: DecoderState) -> np.ndarray:
         """Run `embeds` [seq, hidden] after the cached positions; return the last position's logits."""

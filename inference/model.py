@@ -4,22 +4,23 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from inference.answer_cache import AnswerCache, Segment, memory_key
 from inference.bundle import BundleError, Manifest, load_manifest
-from inference.conversation import Exchange, question_text
-from inference.decoder import Decoder
+from inference.conversation import Exchange, follow_up_ids, fresh_ids
+from inference.decoder import Decoder, DecoderState
 from inference.embedder import TextEmbedder
 from inference.embeddings import EmbeddingTable
 from inference.encoder import Memory, MemoryEncoder
 from inference.errors import InputError
 from inference.providers import choose_provider, create_session, default_threads
 from inference.sampling import GenerationSettings, ReservedTokens, TokenSampler
-from inference.splice import prompt_ids, splice
+from inference.splice import splice_tail
 from inference.tokenizer import CONTEXT_MARKER, DolphinTokenizer, StreamingDetokenizer
 
 
@@ -27,6 +28,7 @@ from inference.tokenizer import CONTEXT_MARKER, DolphinTokenizer, StreamingDetok
 class AnswerStats:
     memory_count: int = 0
     prompt_positions: int = 0
+    cached_positions: int = 0  # of the prompt's positions, how many came from a kept KV cache
     text_tokens_replaced: int = 0
     new_tokens: int = 0
     first_token_s: float = 0.0
@@ -38,6 +40,20 @@ class AnswerStats:
         return dict(self.__dict__)
 
 
+@dataclass(frozen=True)
+class Prompt:
+    """What an answer is asked with: the decoder ids (-1 at memory rows) and the memories, plus
+    what the answer cache needs to reuse and keep its KV (inference/answer_cache.py)."""
+
+    ids: np.ndarray
+    memories: list[np.ndarray]
+    memory_keys: tuple[str, ...]
+    conversation: Hashable | None = None
+    ticket: tuple[int, int] = (0, 0)
+    earlier_turns: tuple[Exchange, ...] = ()  # the segment's turns this prompt continues
+    earlier_ends: tuple[int, ...] = ()
+
+
 @dataclass
 class AnswerStream:
     """Iterate for text pieces as they are generated; `cancel()` stops it from any thread.
@@ -47,7 +63,7 @@ class AnswerStream:
 
     _model: DolphinModel
     question: str
-    memories: list[np.ndarray]
+    prompt: Prompt
     settings: GenerationSettings
     text_tokens_replaced: int
     record_logits: bool = False
@@ -65,22 +81,27 @@ class AnswerStream:
     def text(self) -> str:
         return self._text
 
+    @property
+    def memories(self) -> list[np.ndarray]:
+        return self.prompt.memories
+
     def __iter__(self) -> Iterator[str]:
-        model, stats = self._model, self.stats
+        model, stats, prompt = self._model, self.stats, self.prompt
         started = time.perf_counter()
-        ids = prompt_ids(model.tokenizer, self.question, len(self.memories), model.manifest.memory_size)
-        embeds = splice(ids, model.embeddings, self.memories)
-        stats.memory_count = len(self.memories)
+        ids, memory_size = prompt.ids, model.manifest.memory_size
+        start = model.answer_cache.start(prompt.conversation, ids, prompt.memory_keys, memory_size, model.decoder)
+        state = start.state
+        stats.memory_count = len(prompt.memories)
         stats.prompt_positions = len(ids)
+        stats.cached_positions = state.length
         stats.text_tokens_replaced = self.text_tokens_replaced
-        state = model.decoder.new_state()
         sampler = TokenSampler(self.settings, model.reserved)
         detokenizer = StreamingDetokenizer(model.tokenizer)
         eos = model.manifest.eos_token_id
         room = model.max_positions - len(ids)
         limit = min(self.settings.max_new_tokens, room)
         first_token_at = started
-        logits = model.decoder.forward(embeds, state)
+        logits = model.decoder.forward(splice_tail(ids, model.embeddings, prompt.memories, state.length), state)
         stats.stop_reason = "max_tokens" if limit == self.settings.max_new_tokens else "context_full"
         while True:
             if self._cancelled.is_set():
@@ -112,6 +133,26 @@ class AnswerStream:
         stats.total_s = finished - started
         if stats.new_tokens > 1 and finished > first_token_at:
             stats.decode_tokens_per_s = (stats.new_tokens - 1) / (finished - first_token_at)
+        self._keep(state, start.source)
+
+    def _keep(self, state: DecoderState, source: str) -> None:
+        """Hand the KV cache to the model's answer cache: the conversation can go on from it."""
+        model, prompt = self._model, self.prompt
+        if source == "none":
+            model.answer_cache.keep_block(
+                prompt.ids, prompt.memory_keys, model.manifest.memory_size, state, model.decoder
+            )
+        if prompt.conversation is None:
+            return
+        ids = np.concatenate([prompt.ids, np.asarray(self.token_ids, dtype=np.int64)])
+        segment = Segment(
+            prompt.memory_keys,
+            ids,
+            (*prompt.earlier_turns, Exchange(self.question, self._text)),
+            (*prompt.earlier_ends, len(ids)),
+            state,
+        )
+        model.answer_cache.keep_segment(prompt.conversation, prompt.ticket, segment)
 
     def run(self) -> str:
         """Generate to the end without streaming; returns the answer text."""
@@ -154,6 +195,7 @@ class DolphinModel:
             else None
         )
         self.reserved = self._reserved_tokens()
+        self.answer_cache = AnswerCache()
         self._lock = threading.Lock()
         if self.embeddings.shape[1] != manifest.decoder.hidden_size:
             raise BundleError("embeddings.npy does not match the decoder's width: convert the model again")
@@ -204,9 +246,14 @@ class DolphinModel:
         settings: GenerationSettings | None = None,
         record_logits: bool = False,
         history: Sequence[Exchange] = (),
+        conversation: Hashable | None = None,
     ) -> AnswerStream:
-        """Stream an answer to `question` from `memories`; `history` (earlier exchanges of the
-        conversation) goes after the memories, before the question (inference/conversation.py)."""
+        """Stream an answer to `question` from `memories` after `history` (earlier exchanges).
+
+        With a `conversation` key the answer's KV cache is kept for it, and a follow-up over the
+        same memories continues the kept sequence, prefilling only its own tokens; otherwise
+        (and when that would overflow the decoder's positions) the history is laid out afresh
+        after the memories (inference/conversation.py)."""
         settings = settings or GenerationSettings()
         settings.validate()
         clean = self.tokenizer.clean(question)
@@ -216,12 +263,39 @@ class DolphinModel:
         earlier = [
             Exchange(self.tokenizer.clean(e.question).text, self.tokenizer.clean(e.answer).text) for e in history
         ]
+        projected = self.project(memories)
+        keys = tuple(memory_key(m.states, m.encoder_identity) for m in memories)
         return AnswerStream(
             self,
-            question_text(self.tokenizer, clean.text, earlier),
-            self.project(memories),
+            clean.text,
+            self._prompt(clean.text, earlier, projected, keys, settings, conversation),
             settings,
             sum(m.token_count for m in memories),
             record_logits=record_logits,
             notes=notes,
         )
+
+    def _prompt(
+        self,
+        question: str,
+        history: Sequence[Exchange],
+        memories: list[np.ndarray],
+        keys: tuple[str, ...],
+        settings: GenerationSettings,
+        conversation: Hashable | None,
+    ) -> Prompt:
+        ticket = self.answer_cache.ticket(conversation)
+        segment = self.answer_cache.segment(conversation)
+        turns = segment.continued_turns(history, keys) if segment is not None and history else 0
+        if segment is not None and turns:
+            ids = follow_up_ids(self.tokenizer, segment.ids[: segment.turn_ends[turns - 1]], question)
+            if len(ids) + settings.max_new_tokens <= self.max_positions:
+                return Prompt(
+                    ids, memories, keys, conversation, ticket, segment.turns[:turns], segment.turn_ends[:turns]
+                )
+        ids = fresh_ids(self.tokenizer, question, history, len(memories), self.manifest.memory_size)
+        return Prompt(ids, memories, keys, conversation, ticket)
+
+    def forget_conversation(self, conversation: Hashable) -> None:
+        """Drop what is kept for a deleted conversation (its answers' KV cache)."""
+        self.answer_cache.forget(conversation)

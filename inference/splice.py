@@ -44,3 +44,25 @@ def splice(ids: np.ndarray, embed: Callable[[np.ndarray], np.ndarray], memories:
         if start + len(memory) <= len(ids):
             embeds[start : start + len(memory)] = memory
     return embeds
+
+
+def first_block_end(ids: np.ndarray, memory_size: int) -> int | None:
+    """Positions 0..end-1 hold the text before the first memory, the memory itself and its
+    run's last row: they depend on that memory and `ids[:end]` only, so their KV can be
+    reused by any prompt that starts the same way. None without a memory."""
+    starts = memory_starts(ids)
+    if len(starts) == 0:
+        return None
+    return int(starts[0]) + 1 + memory_size
+
+
+def splice_tail(
+    ids: np.ndarray, embed: Callable[[np.ndarray], np.ndarray], memories: Sequence[np.ndarray], start: int
+) -> np.ndarray:
+    """Rows `start:` of `splice(ids, embed, memories)`, without embedding the rows before them
+    when they lie past every memory (a follow-up prefills only its new tokens)."""
+    starts = memory_starts(ids)
+    past_memories = len(starts) == len(memories) and (not memories or start >= int(starts[-1]) + len(memories[-1]))
+    if past_memories:
+        return embed(np.maximum(ids[start:], 0))
+    return splice(ids, embed, memories)[start:]

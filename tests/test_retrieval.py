@@ -17,7 +17,8 @@ from app.library.answering import AnswerOutcome, Turn
 from app.library.retrieval import Fusion, RetrievalParams, _convex, _reciprocal_rank
 from app.library.store import StoredChunk
 from inference import GenerationSettings
-from inference.conversation import Exchange, question_text
+from inference.conversation import Exchange
+from inference.splice import prompt_ids
 from tests.conftest import FIXTURES, ROOT
 
 LANDMARKS = FIXTURES / "landmarks"
@@ -103,20 +104,21 @@ def test_a_three_turn_conversation_follows_its_subject(hybrid_library) -> None:
 
 def test_the_first_question_keeps_the_reference_layout_and_a_follow_up_sees_history(hybrid_model) -> None:
     tokenizer = hybrid_model.tokenizer
-    assert question_text(tokenizer, "Who built it?") == "Who built it?"
     memory = hybrid_model.encode("The Bell Rock Lighthouse was built by Robert Stevenson.")
     first = hybrid_model.answer("Who built it?", [memory], SHORT)
     assert first.question == "Who built it?"
+    np.testing.assert_array_equal(first.prompt.ids, prompt_ids(tokenizer, "Who built it?", 1, 32))
     long_answer = "Robert Stevenson " * 200
     follow_up = hybrid_model.answer("And when?", [memory], SHORT, history=[Exchange("Who built it?", long_answer)])
-    assert follow_up.question.startswith("Question: Who built it?\nAnswer: Robert Stevenson")
-    assert follow_up.question.endswith("\nQuestion: And when?")
-    # Earlier answers are cut short: the history stays a small part of the prompt.
-    assert len(tokenizer.encode(follow_up.question)) < 120
+    # Laid out afresh (nothing kept for a conversation): the first exchange where the weights
+    # expect a question and its answer, the earlier answer cut short, then the question.
+    text = tokenizer.decode([int(i) for i in follow_up.prompt.ids if i >= 0])
+    assert text.startswith(" Who built it?Robert Stevenson")
+    assert text.endswith(" …\nAnd when?")
+    assert len(follow_up.prompt.ids) < 33 + 120
     first.run()
     follow_up.run()
     assert follow_up.stats.prompt_positions > first.stats.prompt_positions
-
 
 def test_nothing_matches_is_said_and_answering_anyway_uses_no_memory(hybrid_library) -> None:
     answer = hybrid_library.ask("What is the capital of Mongolia's neighbouring desert province?", settings=SHORT)
