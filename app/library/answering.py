@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import enum
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Hashable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -135,13 +135,16 @@ class Answerer:
         history: Sequence[Turn] = (),
         without_sources: bool = False,
         folders: Sequence[Path] | None = None,
+        conversation: Hashable | None = None,
     ) -> LibraryAnswer:
-        """`folders`: search only these library folders (a chat's scope); None: the whole library."""
+        """`folders`: search only these library folders (a chat's scope); None: the whole library.
+        `conversation` (the chat's id) lets a follow-up continue from the kept KV cache of the
+        chat's last answer (inference/answer_cache.py); None keeps nothing."""
         if not question.strip():
             raise InputError("the question is empty")
         exchanges = [Exchange(t.question, t.answer) for t in history if t.answer]
         if without_sources:
-            stream = self._model.answer(question, [], settings, history=exchanges)
+            stream = self._model.answer(question, [], settings, history=exchanges, conversation=conversation)
             return LibraryAnswer(stream, [], self._gate, AnswerOutcome.WITHOUT_SOURCES, list(stream.notes))
         found = self.retriever.search(question, k, earlier=[t.question for t in history], folders=folders)
         memories, sources, notes = self._memories(found, question)
@@ -157,8 +160,12 @@ class Answerer:
             return LibraryAnswer(
                 None, [], self._gate, AnswerOutcome.NOTHING_MATCHES, [*notes, reason], found.best_similarity
             )
-        stream = self._model.answer(question, memories, settings, history=exchanges)
+        stream = self._model.answer(question, memories, settings, history=exchanges, conversation=conversation)
         return LibraryAnswer(stream, sources, self._gate, outcome, notes + stream.notes, found.best_similarity)
+
+    def forget_conversation(self, conversation: Hashable) -> None:
+        """The chat was deleted: nothing kept for it may outlive it."""
+        self._model.forget_conversation(conversation)
 
     def _memories(self, found: Retrieved, question: str) -> tuple[list[Memory], list[Source], list[str]]:
         memories: list[Memory] = []

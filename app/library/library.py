@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Sequence
 from concurrent.futures import Future
 from dataclasses import replace
 from pathlib import Path
@@ -412,6 +412,7 @@ class Library:
             self._reconciler.join(30)
         self.indexer.stop()
         self.store.close()
+        self.model.answer_cache.clear()
 
     def _on_change(self, change: Change) -> None:
         target = change.dest if change.kind in ("moved", "dir_moved") else change.path
@@ -498,7 +499,12 @@ class Library:
         history: Sequence[Turn] = (),
         without_sources: bool = False,
         folders: Sequence[Path] | None = None,
+        conversation: Hashable | None = None,
     ) -> LibraryAnswer:
         """Answer from the library (or only `folders` of it); `history` makes it a follow-up
-        (app/library/answering.py)."""
-        return self.answerer.ask(question, k, settings, history, without_sources, folders)
+        of `conversation` (app/library/answering.py)."""
+        return self.answerer.ask(question, k, settings, history, without_sources, folders, conversation)
+
+    def forget_conversation(self, conversation: Hashable) -> None:
+        """Drop what answering keeps for a deleted conversation."""
+        self.answerer.forget_conversation(conversation)

@@ -48,9 +48,11 @@ class AnswerWorker(QThread):
         history: Sequence[Turn] = (),
         without_sources: bool = False,
         folders: Sequence[Path] | None = None,
+        conversation: int | None = None,
     ) -> None:
         super().__init__()
         self._folders = list(folders) if folders is not None else None
+        self._conversation = conversation
         self._library = library
         self._question = question
         self._settings = settings
@@ -81,6 +83,7 @@ class AnswerWorker(QThread):
                 history=self._history,
                 without_sources=self._without_sources,
                 folders=self._folders,
+                conversation=self._conversation,
             )
             if self._stopped.is_set():
                 answer.cancel()
@@ -346,12 +349,19 @@ class AppController(QObject):
         history: Sequence[Turn] = (),
         without_sources: bool = False,
         folders: Sequence[Path] | None = None,
+        conversation: int | None = None,
     ) -> AnswerWorker | None:
-        """`folders`: the chat's scope (None: the whole library)."""
+        """`folders`: the chat's scope (None: the whole library); `conversation`: the chat, whose
+        follow-ups continue from its last answer's kept KV cache."""
         if self.library is None:
             self.error.emit("The model is not ready yet.", "")
             return None
-        return AnswerWorker(self.library, question, self.settings, history, without_sources, folders)
+        return AnswerWorker(self.library, question, self.settings, history, without_sources, folders, conversation)
+
+    def forget_conversation(self, conversation: int) -> None:
+        """A deleted chat leaves nothing behind in the answer caches."""
+        if self.library is not None:
+            self.library.forget_conversation(conversation)
 
     def _stop_library(self, library: Library) -> None:
         with self._lock:

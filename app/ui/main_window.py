@@ -430,6 +430,7 @@ class MainWindow(QMainWindow):
         if conversation == self.conversation_id and self.worker is not None:
             self.stop_answer()
         self.controller.chats.delete(conversation)
+        self.controller.forget_conversation(conversation)
         self._load_conversations()
 
     def open_source(self, path: str, page: int) -> OpenResult:
@@ -508,7 +509,10 @@ class MainWindow(QMainWindow):
         history = turns(earlier)
         if (without_sources or again) and history and history[-1].question == question:
             history = history[:-1]
-        worker = self.controller.answer(question, history, without_sources, folders=chats.scope(self.conversation_id))
+        conversation = self.conversation_id
+        worker = self.controller.answer(
+            question, history, without_sources, folders=chats.scope(conversation), conversation=conversation
+        )
         if worker is None:
             return
         if not earlier:
@@ -521,7 +525,6 @@ class MainWindow(QMainWindow):
         self.chat.show_banner("")
         self.chat.begin_answer()
         self.chat.set_generating(True)
-        conversation = self.conversation_id
         worker.piece.connect(self.chat.append_piece)
         worker.completed.connect(lambda text, sources, stats: self._answered(conversation, text, sources, stats))
         worker.failed.connect(self._answer_failed)
