@@ -15,10 +15,18 @@ functions on a few pages.
 * Seconds per page: a scanned PDF read by the extraction child as the indexer reads it
   (rendering, OCR and layout; the child's start and the OCR models' load reported apart).
 * Share of indexing: a folder of 50 two-page documents, 5 of them scans (10 %: scanned PDFs and
-  two-page TIFFs), each read by the child (without the model's tokenizer: words are counted).
-  Indexing a document is reading it plus encoding its chunks; the Dolphin encoder's time per
-  chunk is the one results/retrieval-speed.json measured at the real (Qwen2-0.5B) shape on this
-  machine (--encoder-ms to give another), at about 1,500 characters per chunk.
+  two-page TIFFs), each read by the child, which reports the time its OCR took. With `--bundle B`
+  the folder is then indexed end to end by the library, as the app does it (default settings),
+  once with OCR on and once off (the scans skipped): OCR's share is the OCR seconds over the
+  indexing time, and the two runs show what turning OCR off saves. B must have the real encoder
+  shape and Qwen2's vocabulary, or the chunk count and the encoder's cost are not a real bundle's:
+
+      python -m onnx_export.random_checkpoint CKPT --decoder tiny --encoder qwen2-0.5b --vocabulary qwen2
+      python -m onnx_export CKPT B --embedder MINILM_FOLDER
+
+  Without a bundle the share is estimated: chunks at about 1,500 characters each, at the encoder
+  time per chunk that results/retrieval-speed.json measured at the real shape (--encoder-ms to
+  give another).
 """
 
 from __future__ import annotations
@@ -356,6 +364,48 @@ def measure_share(work: Path, encoder_ms: float | None) -> dict[str, object]:
     return result
 
 
+def measure_indexing(work: Path, bundle: Path, reading: dict[str, object]) -> dict[str, object]:
+    """The folder indexed by the library end to end, with OCR on and off, as the app indexes it."""
+    from app.library.library import Library
+    from inference import DolphinModel
+
+    folder = work / "folder"
+    model = DolphinModel.load(bundle)
+    runs: dict[str, dict[str, float]] = {}
+    for ocr in (True, False):
+        library = Library(work / f"data-ocr-{'on' if ocr else 'off'}", model, ocr=ocr)
+        library.add_folder(folder)
+        started = time.perf_counter()
+        library.start()
+        if not library.index_until_done(timeout=3600):
+            raise RuntimeError("indexing did not finish in an hour")
+        seconds = time.perf_counter() - started
+        chunks = sum(d.chunk_count for d in library.store.documents())
+        library.stop()
+        runs["ocr_on" if ocr else "ocr_off"] = {
+            "indexing_s": round(seconds, 1),
+            "chunks": chunks,
+            "load_average_after": round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None,
+        }
+        print(f"indexed with OCR {'on' if ocr else 'off'}: {runs['ocr_on' if ocr else 'ocr_off']}", flush=True)
+    on, off = runs["ocr_on"]["indexing_s"], runs["ocr_off"]["indexing_s"]
+    # OCR's time inside the indexing run itself: what turning it on added, less encoding the
+    # scans' chunks at the run's own seconds per chunk.
+    extra_chunks = runs["ocr_on"]["chunks"] - runs["ocr_off"]["chunks"]
+    ocr_in_run_s = on - off - extra_chunks * off / max(runs["ocr_off"]["chunks"], 1)
+    return {
+        "bundle_encoder": f"{model.manifest.encoder.hidden_size}-wide, {model.manifest.encoder.num_layers} layers, "
+        f"{model.manifest.encoder.precision}",
+        "bundle_vocabulary": model.tokenizer.vocab_size,
+        **runs,
+        "ocr_s": reading["ocr_s"],
+        "ocr_share_of_indexing": round(float(reading["ocr_s"]) / on, 3),  # type: ignore[arg-type]
+        "ocr_in_run_s": round(ocr_in_run_s, 1),
+        "ocr_in_run_share_of_indexing": round(ocr_in_run_s / on, 3),
+        "ocr_on_over_off": round(on / off, 3),
+    }
+
+
 def machine() -> dict[str, object]:
     import onnxruntime
 
@@ -372,6 +422,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.ocr", description=__doc__.splitlines()[0])
     parser.add_argument("--pages", type=int, default=10, help="scanned pages per CER set (default 10)")
     parser.add_argument("--encoder-ms", type=float, default=None, help="Dolphin encoder ms per chunk")
+    parser.add_argument("--bundle", type=Path, help="index the folder end to end with this bundle")
+    parser.add_argument("--only-share", action="store_true", help="skip the CER sets (a run for --bundle)")
     parser.add_argument("--json", type=Path, default=RESULTS / "ocr.json")
     args = parser.parse_args(argv)
     from importlib.metadata import version
@@ -382,11 +434,17 @@ def main(argv: list[str] | None = None) -> int:
         "pypdfium2": version("pypdfium2"),
     }
     with tempfile.TemporaryDirectory() as work:
-        report["first_document"] = first_document(Path(work))
-        print(f"first document: {report['first_document']}", flush=True)
-        report["cer"] = measure_cer(args.pages, Path(work))
-        report["folder_with_10_percent_scans"] = measure_share(Path(work), args.encoder_ms or encoder_ms_per_chunk())
-        print(f"folder: {report['folder_with_10_percent_scans']}", flush=True)
+        if not args.only_share:
+            report["first_document"] = first_document(Path(work))
+            print(f"first document: {report['first_document']}", flush=True)
+            report["cer"] = measure_cer(args.pages, Path(work))
+        reading = measure_share(Path(work), args.encoder_ms or encoder_ms_per_chunk())
+        report["folder_with_10_percent_scans"] = reading
+        print(f"folder: {reading}", flush=True)
+        if args.bundle:
+            report["folder_indexed_end_to_end"] = measure_indexing(Path(work), args.bundle, reading)
+    if args.only_share and args.json.exists():  # the CER figures already there stay
+        report = {**json.loads(args.json.read_text(encoding="utf-8")), **report}
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(report, indent=1) + "\n", encoding="utf-8")
     print(f"wrote {args.json}")
