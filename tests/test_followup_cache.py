@@ -4,6 +4,7 @@ full prefill of the same sequence gives (fp32 tiny bundle: logits to 1e-4, greed
 
 from __future__ import annotations
 
+import json
 import threading
 
 import numpy as np
@@ -243,3 +244,18 @@ def test_a_library_passes_its_conversation_and_drops_everything_when_stopped(mak
     assert model.answer_cache.nbytes > 0
     library.stop()
     assert model.answer_cache.nbytes == 0, "a model reloaded (its library stopped) keeps nothing"
+
+
+def test_the_benchmark_merges_only_its_keys_into_latest_json(tmp_path) -> None:
+    from benchmarks.followup import merge_summary
+
+    latest = tmp_path / "latest.json"
+    before = {"mode": "full", "summary": {"ttft_ratio_full_vs_persisted_2048": 17.7, "x": 1}}
+    latest.write_text(json.dumps(before, indent=1) + "\n")
+    merge_summary(latest, {"followup_ttft_ratio_7b": 5.4, "ttft_ratio_full_vs_persisted_2048": 14.9})
+    text = latest.read_text()
+    assert text.startswith('{\n "mode"'), "the file keeps its indentation"
+    assert json.loads(text) == {
+        "mode": "full",
+        "summary": {"ttft_ratio_full_vs_persisted_2048": 14.9, "x": 1, "followup_ttft_ratio_7b": 5.4},
+    }
