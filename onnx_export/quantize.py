@@ -186,6 +186,8 @@ def rewrite_matmuls(source: Path, target: Path, rule: WeightRule, smoothing: Smo
             array = np.asarray(_read_initializer(weight, source.parent, maps), dtype=np.float32)
             if weight.name in smoothing.row_multipliers:
                 array = array * smoothing.row_multipliers[weight.name][:, None]
+            if weight.name in smoothing.column_divisors:
+                array = array / smoothing.column_divisors[weight.name][None, :]
             new_nodes.append(rule(node, array, producers.get(node.input[0], ""), writer))
             quantized.add(weight.name)
         inline: list[TensorProto] = []
@@ -217,17 +219,24 @@ def quantize_int4(source: Path, target: Path) -> None:
     rewrite_matmuls(source, target, int4_rule)
 
 
-def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]] = ()) -> None:
-    """`target` with the int8 scheme above; `calibration` (feeds for the fp32 model at `source`)
-    enables SmoothQuant, without it the norms are left as they are."""
-    smoothing = None
-    if calibration:
-        maps: dict[str, np.memmap] = {}
-        initializers = {t.name: t for t in onnx.load(str(source), load_external_data=False).graph.initializer}
-        smoothing = smoothing_factors(
+def smoothing_for(
+    source: Path, calibration: Sequence[dict[str, np.ndarray]], product_alpha: float | None = None
+) -> Smoothing:
+    """SmoothQuant factors for the fp32 export at `source`, read through the memory map."""
+    maps: dict[str, np.memmap] = {}
+    initializers = {t.name: t for t in onnx.load(str(source), load_external_data=False).graph.initializer}
+    try:
+        return smoothing_factors(
             source,
             calibration,
             lambda name: np.asarray(_read_initializer(initializers[name], source.parent, maps), dtype=np.float32),
+            product_alpha=product_alpha,
         )
+    finally:
         maps.clear()
-    rewrite_matmuls(source, target, int8_rule, smoothing)
+
+
+def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]] = ()) -> None:
+    """`target` with the int8 scheme above; `calibration` (feeds for the fp32 model at `source`)
+    enables SmoothQuant, without it the norms are left as they are."""
+    rewrite_matmuls(source, target, int8_rule, smoothing_for(source, calibration) if calibration else None)

@@ -34,53 +34,74 @@ DEFAULT_ALPHA = 0.7
 @dataclass(frozen=True)
 class Smoothing:
     """Factors by initializer name: norm weights are divided by theirs, MatMul weights' rows
-    (input channels) multiplied by theirs."""
+    (input channels) multiplied by theirs, and (for a product's MatMul) columns divided by theirs."""
 
     norm_divisors: dict[str, np.ndarray] = field(default_factory=dict)
     row_multipliers: dict[str, np.ndarray] = field(default_factory=dict)
+    column_divisors: dict[str, np.ndarray] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
 class _Group:
-    norm_weight: str
-    activation: str  # the norm's output, every consumer of which is a MatMul in `weights`
+    activation: str  # every consumer of it is a MatMul in `weights`
     weights: list[str]
+    norm_weight: str | None = None  # the RMSNorm that made `activation`, or
+    producer_weight: str | None = None  # the MatMul whose output is one factor of the Mul that did
 
 
-def _groups(model: onnx.ModelProto) -> list[_Group]:
-    """Norm -> MatMuls patterns where the rescaling is exact: the norm's output goes to MatMuls
-    only, and each weight (and the norm's weight) is a 2-D or 1-D fp32 initializer used once."""
-    graph = model.graph
-    initializers = {t.name: t for t in graph.initializer}
+def _uses(graph: onnx.GraphProto) -> dict[str, list[onnx.NodeProto]]:
     uses: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for name in node.input:
             uses.setdefault(name, []).append(node)
+    return uses
+
+
+def _own_weights(names: list[str], initializers: dict, uses: dict) -> bool:
+    """Each is a 2-D fp32 initializer that nothing else reads, so rescaling it is private."""
+    return all(
+        n in initializers
+        and initializers[n].data_type == TensorProto.FLOAT
+        and len(initializers[n].dims) == 2
+        and len(uses[n]) == 1
+        for n in names
+    )
+
+
+def _groups(model: onnx.ModelProto, products: bool) -> list[_Group]:
+    """Patterns where the rescaling is exact. Norm -> MatMuls: the norm's output goes to MatMuls
+    only. With `products`, also up -> Mul -> down (the SwiGLU MLP): dividing the up projection's
+    output column j divides the product's channel j, which the down projection's row j undoes."""
+    graph = model.graph
+    initializers = {t.name: t for t in graph.initializer}
+    uses = _uses(graph)
+    producers = {output: node for node in graph.node for output in node.output}
     graph_outputs = {o.name for o in graph.output}
     groups = []
     for node in graph.node:
-        index = NORM_WEIGHT_INPUT.get(node.op_type)
-        if index is None or len(node.input) <= index or not node.output:
+        if not node.output or node.output[0] in graph_outputs:
             continue
-        norm_weight, activation = node.input[index], node.output[0]
+        activation = node.output[0]
         consumers = uses.get(activation, [])
         weights = [c.input[1] for c in consumers if c.op_type == "MatMul" and c.input[0] == activation]
-        if (
-            norm_weight not in initializers
-            or len(uses.get(norm_weight, [])) != 1
-            or activation in graph_outputs
-            or not consumers
-            or len(weights) != len(consumers)
-            or any(
-                w not in initializers
-                or initializers[w].data_type != TensorProto.FLOAT
-                or len(initializers[w].dims) != 2
-                or len(uses[w]) != 1
-                for w in weights
-            )
-        ):
+        if not consumers or len(weights) != len(consumers) or not _own_weights(weights, initializers, uses):
             continue
-        groups.append(_Group(norm_weight, activation, weights))
+        index = NORM_WEIGHT_INPUT.get(node.op_type)
+        if index is not None and len(node.input) > index:
+            norm_weight = node.input[index]
+            if norm_weight in initializers and len(uses.get(norm_weight, [])) == 1:
+                groups.append(_Group(activation, weights, norm_weight=norm_weight))
+        elif products and node.op_type == "Mul":
+            for factor in node.input:
+                up = producers.get(factor)
+                if (
+                    up is not None
+                    and up.op_type == "MatMul"
+                    and len(uses.get(factor, [])) == 1
+                    and _own_weights([up.input[1]], initializers, uses)
+                ):
+                    groups.append(_Group(activation, weights, producer_weight=up.input[1]))
+                    break
     return groups
 
 
@@ -113,22 +134,28 @@ def smoothing_factors(
     feeds: Sequence[dict[str, np.ndarray]],
     read_weight: Callable[[str], np.ndarray],
     alpha: float = DEFAULT_ALPHA,
+    product_alpha: float | None = None,
 ) -> Smoothing:
-    """The factors for every norm -> MatMul group of the fp32 export at `path`.
+    """The factors for every norm -> MatMul group of the fp32 export at `path` (and, given
+    `product_alpha`, every up -> Mul -> down group).
 
     `read_weight(name)` returns an initializer as an array (the quantizer's memory-mapped reader),
     so no weight is loaded twice."""
     model = onnx.load(str(path), load_external_data=False)
-    groups = _groups(model)
+    groups = _groups(model, products=product_alpha is not None)
     if not groups:
         return Smoothing()
     maxima = _activation_maxima(path, [g.activation for g in groups], feeds)
     smoothing = Smoothing()
     for group, x_max in zip(groups, maxima, strict=True):
+        strength = alpha if group.norm_weight else product_alpha
         w_max = np.max([np.abs(read_weight(w)).max(axis=1) for w in group.weights], axis=0)
-        factors = np.maximum(x_max, 1e-5) ** alpha / np.maximum(w_max, 1e-5) ** (1 - alpha)
+        factors = np.maximum(x_max, 1e-5) ** strength / np.maximum(w_max, 1e-5) ** (1 - strength)
         factors = np.maximum(factors, 1e-5).astype(np.float32)
-        smoothing.norm_divisors[group.norm_weight] = factors
+        if group.norm_weight:
+            smoothing.norm_divisors[group.norm_weight] = factors
+        else:
+            smoothing.column_divisors[group.producer_weight] = factors
         for weight in group.weights:
             smoothing.row_multipliers[weight] = factors
     return smoothing
