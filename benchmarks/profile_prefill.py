@@ -13,6 +13,7 @@ import json
 import sys
 import tempfile
 from collections import defaultdict
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -21,6 +22,22 @@ import onnxruntime as ort
 from inference import DolphinModel
 from inference.decoder import Decoder
 from inference.providers import session_options
+
+
+def kernel_seconds_by_op(
+    trace_path: Path, label: Callable[[dict], str] = lambda event: event["args"]["op_name"]
+) -> tuple[dict[str, float], float]:
+    """Kernel seconds of the last `run` in an ONNX Runtime profile, summed by `label(event)`
+    (the operator type by default), and that run's wall time."""
+    trace = json.loads(trace_path.read_text())
+    runs = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
+    last_run = runs[-1]
+    begin, end = last_run["ts"], last_run["ts"] + last_run["dur"]
+    by_op: dict[str, float] = defaultdict(float)
+    for event in trace:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and begin <= event["ts"] <= end:
+            by_op[label(event)] += event["dur"] / 1e6
+    return dict(by_op), last_run["dur"] / 1e6
 
 
 def profile(bundle: Path, positions: int, decode_step: bool = False) -> dict[str, object]:
@@ -38,20 +55,13 @@ def profile(bundle: Path, positions: int, decode_step: bool = False) -> dict[str
         decoder.forward(embeds, state)
         if decode_step:
             decoder.forward(embeds[-1:], state)
-        trace = json.loads(Path(session.end_profiling()).read_text())
-    runs = [e for e in trace if e.get("cat") == "Session" and e["name"] == "model_run"]
-    last_run = runs[-1]
-    begin, end = last_run["ts"], last_run["ts"] + last_run["dur"]
-    by_op: dict[str, float] = defaultdict(float)
-    for event in trace:
-        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and begin <= event["ts"] <= end:
-            by_op[event["args"]["op_name"]] += event["dur"] / 1e6
+        by_op, run_s = kernel_seconds_by_op(Path(session.end_profiling()))
     total = sum(by_op.values())
     top = sorted(by_op.items(), key=lambda item: -item[1])[:6]
     return {
         "positions": positions,
         "measured": "one decode step after the prefill" if decode_step else "the prefill",
-        "run_s": last_run["dur"] / 1e6,
+        "run_s": run_s,
         "kernel_s": total,
         "ops": {name: {"s": round(seconds, 4), "share": round(seconds / total, 3)} for name, seconds in top},
     }

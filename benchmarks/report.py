@@ -51,17 +51,47 @@ def summarise(report: dict) -> dict[str, object]:
         summary[f"cpu_ratio_full_vs_persisted_{n}"] = ratio(rows, n, "cpu_s", "a_full", "d_persisted")
         summary[f"ttft_ratio_full_vs_encode_{n}"] = ratio(rows, n, "ttft_s", "a_full", "c_encode")
     summary["ttft_ratio_rag_vs_persisted"] = ratio(rows, 2048, "ttft_s", "b_rag", "d_persisted")
-    encoder = report["encoder"]
-    summary["encoder_gflops"] = round(encoder["gflops"], 1)
-    summary["matmul_peak_gflops"] = round(encoder["matmul_peak_gflops"], 1)
-    summary["encoder_fraction_of_peak"] = round(encoder["fraction_of_peak"], 2)
-    summary["encoder_chunks_per_s"] = round(encoder["chunks_per_s"], 2)
-    summary["bytes_per_memory"] = encoder["bytes_per_memory"]
-    summary["load_k_memories_ms"] = round(encoder["load_k_memories_ms"], 2)
+    summary.update(encoder_summary(report["encoder"]))
     summary["max_gui_stall_ms"] = round(report["gui"]["max_gui_stall_ms"], 1)
     summary["by_decoder"] = {run["decoder"]: ratios(run["rows"]) for run in report["runs"]}
     summary["targets"] = targets(report, rows, sizes)
     return summary
+
+
+def encoder_summary(encoder: dict) -> dict[str, object]:
+    """The encoder's headline figures. It is held to the int8 limit: an int8 encoder compared
+    with the fp32 product's rate looks near its ceiling while using a third of the hardware."""
+    summary: dict[str, object] = {
+        "encoder_precision": encoder.get("precision"),
+        "encoder_gflops": round(encoder["gflops"], 1),
+        "matmul_peak_gflops": round(encoder["matmul_peak_gflops"], 1),
+        "encoder_fraction_of_peak": round(encoder["fraction_of_peak"], 2),
+    }
+    if "fraction_of_int8_peak" in encoder:
+        summary["int8_matmul_peak_gops"] = round(encoder["int8_matmul_peak_gops"], 1)
+        summary["encoder_fraction_of_int8_peak"] = round(encoder["fraction_of_int8_peak"], 2)
+    summary["encoder_chunks_per_s"] = round(encoder["chunks_per_s"], 2)
+    summary["bytes_per_memory"] = encoder["bytes_per_memory"]
+    summary["load_k_memories_ms"] = round(encoder["load_k_memories_ms"], 2)
+    return summary
+
+
+def encoder_target(encoder: dict) -> tuple[str, float | None, float]:
+    """(name, value, goal) of the encoder's target: 60% of the int8 limit where it was measured."""
+    if "fraction_of_int8_peak" in encoder:
+        return ("encoder fraction of int8 peak", encoder["fraction_of_int8_peak"], 0.6)
+    return ("encoder fraction of peak", encoder["fraction_of_peak"], 0.5)
+
+
+def merge_encoder(report: dict, encoder: dict) -> None:
+    """Put a fresh encoder measurement into a finished report: its row, its summary figures and
+    its target; everything else (answers, GUI, library scale) stays as measured."""
+    report["encoder"] = encoder
+    report["summary"].update(encoder_summary(encoder))
+    name, value, goal = encoder_target(encoder)
+    entry = {"target": name, "value": round(value, 2), "goal": f">= {goal}", "met": value >= goal}
+    kept = [t for t in report["summary"].get("targets", []) if not t["target"].startswith("encoder fraction")]
+    report["summary"]["targets"] = [*kept[:3], entry, *kept[3:]]
 
 
 def targets(report: dict, rows: list[dict], sizes: list[int]) -> list[dict[str, object]]:
@@ -71,7 +101,7 @@ def targets(report: dict, rows: list[dict], sizes: list[int]) -> list[dict[str, 
         ("TTFT a/d at N=2048", ratio(rows, 2048, "ttft_s", "a_full", "d_persisted", None), 30.0),
         (f"CPU-seconds a/d at N={largest}", ratio(rows, largest, "cpu_s", "a_full", "d_persisted", None), 10.0),
         ("TTFT b/d at k=3, N=2048", ratio(rows, 2048, "ttft_s", "b_rag", "d_persisted", None), 8.0),
-        ("encoder fraction of peak", report["encoder"]["fraction_of_peak"], 0.5),
+        encoder_target(report["encoder"]),
     ]
     out = [{"target": name, "value": None if value is None else round(value, 2), "goal": f">= {goal}",
             "met": value is not None and value >= goal} for name, value, goal in checks]  # fmt: skip
@@ -131,14 +161,20 @@ def markdown(report: dict, image: str) -> str:
                 cells += [_fmt(ratio(run["rows"], n, key, slow, fast), 1) for slow, fast in RATIOS]
             lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     encoder, gui, summary = report["encoder"], report["gui"], report["summary"]
+    int8_limit = (
+        f" and {encoder['fraction_of_int8_peak']:.0%} of the int8 one ({encoder['int8_matmul_peak_gops']:.0f} GOP/s, "
+        "u8×s8, measured between the chunks)"
+        if "fraction_of_int8_peak" in encoder
+        else ""
+    )
     lines += [
         "",
         "## Encoder, memories, GUI",
         "",
         f"- Encoder ({encoder['precision']}) while indexing: {encoder['tokens_per_s']:.0f} tokens/s, "
         f"{encoder['chunks_per_s']:.2f} chunks/s of {encoder['chunk_tokens']} tokens, "
-        f"{encoder['gflops']:.0f} GFLOP/s = {encoder['fraction_of_peak']:.0%} of the measured fp32 GEMM peak "
-        f"({encoder['matmul_peak_gflops']:.0f} GFLOP/s).",
+        f"{encoder['gflops']:.0f} GOP/s = {encoder['fraction_of_peak']:.0%} of the measured fp32 GEMM peak "
+        f"({encoder['matmul_peak_gflops']:.0f} GFLOP/s){int8_limit}.",
         f"- {encoder['bytes_per_memory']:.0f} bytes per stored memory; loading k={encoder['k']} memories from "
         f"SQLite: {encoder['load_k_memories_ms']:.2f} ms.",
         f"- Longest GUI event-loop stall while indexing and answering {gui['questions']} questions: "
