@@ -120,6 +120,7 @@ def test_the_first_question_keeps_the_reference_layout_and_a_follow_up_sees_hist
     follow_up.run()
     assert follow_up.stats.prompt_positions > first.stats.prompt_positions
 
+
 def test_nothing_matches_is_said_and_answering_anyway_uses_no_memory(hybrid_library) -> None:
     answer = hybrid_library.ask("What is the capital of Mongolia's neighbouring desert province?", settings=SHORT)
     assert answer.outcome is AnswerOutcome.NOTHING_MATCHES
