@@ -474,6 +474,12 @@ class Indexer:
         self._progress(IndexerState.INDEXING, every_chunk=True)
         return True
 
+    def expect_unembedded(self) -> None:
+        """Chunks without an embedding arrived by another road (a memory pack made without the
+        embedder): look for them again, in the background, as after gaining an embedder."""
+        self._backfill = True
+        self.wake()
+
     def _collect_garbage(self) -> None:
         if not self._garbage:
             return  # nothing was removed or replaced since the last collection: no write at all
