@@ -29,14 +29,18 @@ SETTING_FLAGS = ("top_k", "chunk_tokens", "max_new_tokens", "temperature", "top_
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
+    from app.cluster import ClusterError
     from app.download import DownloadError
     from app.library.library import LibraryError
+    from app.library.pack import PackError
     from app.library.store import StoreError
     from app.settings import SettingsError
     from inference.bundle import BundleError
     from inference.errors import InputError
 
     errors: list[type[BaseException]] = [
+        ClusterError,
+        PackError,
         BundleError,
         InputError,
         OSError,
@@ -368,6 +372,119 @@ def cmd_status(args: argparse.Namespace) -> int:
     return 0
 
 
+class _JobProgressLine:
+    """The cluster job's progress on one self-rewriting line; silent when stderr is not a terminal."""
+
+    def __init__(self) -> None:
+        self._tty = sys.stderr.isatty()
+        self._last = 0.0
+
+    def __call__(self, progress) -> None:  # noqa: ANN001 - JobProgress, imported lazily
+        now = time.monotonic()
+        if not self._tty or now - self._last < 0.2:
+            return
+        self._last = now
+        done, total = progress.documents_done, max(progress.documents_total, 1)
+        bar = "#" * int(24 * done / total)
+        line = (
+            f"\r[{bar:<24}] {done}/{progress.documents_total} documents  {progress.chunks_encoded} chunks encoded  "
+            f"{progress.chunks_per_second:5.1f} chunks/s  {Path(progress.current).name[:30]}"
+        )
+        sys.stderr.write(line.ljust(110))
+        sys.stderr.flush()
+
+    def finish(self) -> None:
+        if self._tty:
+            sys.stderr.write("\n")
+
+
+def cmd_cluster_index(args: argparse.Namespace) -> int:
+    from app.cluster import ClusterError
+
+    try:
+        from app.cluster.job import ClusterOptions, run_job
+    except ImportError:  # pyarrow, which Ray brings, is what the pipeline's stages import first
+        raise ClusterError("Ray is not installed: pip install 'dolphin-desk[cluster]' (on every node)") from None
+    settings = _settings(args)
+    options = ClusterOptions(
+        sources=list(args.sources),
+        bundle=_bundle(args, settings),
+        out=args.out.expanduser(),
+        ray_address=args.ray,
+        workers=args.workers,
+        gpus_per_worker=args.gpus_per_worker,
+        cpus_per_worker=args.cpus_per_worker,
+        readers=args.readers,
+        chunk_tokens=settings.chunk_tokens,
+        include=list(settings.include_patterns),
+        exclude=list(settings.exclude_patterns),
+        ocr=settings.ocr,
+    )
+    for name, value in (("--workers", args.workers), ("--readers", args.readers)):
+        if value is not None and value < 1:
+            raise ClusterError(f"{name} must be at least 1")
+    progress = _JobProgressLine()
+    try:
+        report = run_job(options, progress)
+    finally:
+        progress.finish()
+    pack = report.pack_report
+    counts = pack["documents"]
+    print(
+        f"{options.out}: {counts['ready']} ready, {counts['failed']} failed, {counts['skipped']} skipped; "
+        f"{pack['memories']} memories in {pack['shards']} shard(s)"
+    )
+    actors = (
+        f"{report.workers} workers x {report.cpus_per_worker:g} CPUs"
+        + (f" x {report.gpus_per_worker:g} GPUs" if report.gpus_per_worker else "")
+        + f", {report.chunks_per_second:.2f} chunks/s"
+        if report.workers
+        else "nothing to read"
+    )
+    print(
+        f"this run: {report.documents_written} documents read ({report.documents_unchanged} unchanged, not read), "
+        f"{report.encoded} chunks encoded, {report.reused} reused, {report.removed} removed; "
+        f"{actors}, {report.seconds:.1f} s"
+    )
+    for failed in pack["failed"][:10]:
+        print(f"  failed: {failed['path']} ({failed['reason']})")
+    if len(pack["failed"]) > 10:
+        print(f"  ... and {len(pack['failed']) - 10} more in {options.out / 'report.json'}")
+    return 0
+
+
+def cmd_import_pack(args: argparse.Namespace) -> int:
+    from app.instance import is_locked
+    from app.library.library import LibraryError
+    from app.library.pack import read_manifest
+    from app.library.pack_import import LocalSetup, PathMap, check_pack, import_into_store
+    from app.library.store import Store
+    from app.logs import setup_logging
+    from inference.bundle import load_manifest
+
+    data_dir = _data_dir(args)
+    if is_locked(data_dir):
+        raise LibraryError(
+            f"the Dolphin Desk window has {data_dir} open: import the pack there (File → Import pack), "
+            "or close the window and run this again"
+        )
+    settings = _settings(args)
+    setup = LocalSetup.of(load_manifest(_bundle(args, settings)), settings.chunk_tokens)
+    mapping = PathMap.parse(args.map)
+    check_pack(read_manifest(args.pack), setup)  # refused before a library is made for it
+    setup_logging(data_dir)
+    store = Store(data_dir)
+    try:
+        report = import_into_store(
+            store, args.pack, setup, mapping, lambda done, total: print(f"shard {done}/{total}", file=sys.stderr)
+        )
+    finally:
+        store.close()
+    for line in report.lines():
+        print(line)
+    return 0
+
+
 def _generation_settings(settings, seed: int | None):  # noqa: ANN001, ANN202 - Settings, GenerationSettings: lazy
     from inference import GenerationSettings
 
@@ -586,6 +703,34 @@ def build_parser() -> argparse.ArgumentParser:
         command.add_argument("--data-dir", help="default: the platform's per-user data folder")
         command.add_argument("--chunk-tokens", type=int, help="tokens per memory; " + _default_help("chunk_tokens"))
         command.set_defaults(handler=handler)
+
+    cluster = commands.add_parser(
+        "cluster-index", help="encode folders on a Ray cluster into a memory pack (needs the cluster extra)"
+    )
+    cluster.add_argument("sources", nargs="+", type=Path, help="folders, at the same path on every node")
+    cluster.add_argument("--bundle", type=Path, help="the model bundle; default: the one the app was set to use")
+    cluster.add_argument("--out", type=Path, required=True, help="the pack folder; a rerun resumes it")
+    cluster.add_argument("--ray", metavar="ADDRESS", help="a running Ray cluster; default: start a local one")
+    cluster.add_argument("--workers", type=int, help="encoder actors; default: one per GPU, else one per 4 CPUs")
+    cluster.add_argument(
+        "--gpus-per-worker", type=float, help="GPUs per encoder actor; default: 1 when the cluster has GPUs, else 0"
+    )
+    cluster.add_argument("--cpus-per-worker", type=float, help="default: the cluster's CPUs shared among workers")
+    cluster.add_argument("--readers", type=int, help="extraction actors; default: a quarter of the workers")
+    cluster.add_argument("--chunk-tokens", type=int, help="tokens per memory; " + _default_help("chunk_tokens"))
+    cluster.add_argument("--data-dir", help="whose saved settings (chunk size, patterns, OCR) the pack follows")
+    cluster.set_defaults(handler=cmd_cluster_index)
+
+    import_pack = commands.add_parser("import-pack", help="merge a memory pack into the library; encodes nothing")
+    import_pack.add_argument("pack", type=Path)
+    import_pack.add_argument("--data-dir", help="default: the platform's per-user data folder")
+    import_pack.add_argument(
+        "--map", action="append", default=[], metavar="CLUSTER_PATH=LOCAL_PATH",
+        help="where a source folder of the cluster is on this computer (repeat for several)",
+    )  # fmt: skip
+    import_pack.add_argument("--bundle", type=Path, help="default: the one the app was set to use")
+    import_pack.add_argument("--chunk-tokens", type=int, help=_default_help("chunk_tokens"))
+    import_pack.set_defaults(handler=cmd_import_pack)
 
     download = commands.add_parser("download", help="download a Dolphin checkpoint from the Hugging Face hub")
     download.add_argument("repo", nargs="?", default="NexaAIDev/Squid")
