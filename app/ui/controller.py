@@ -20,6 +20,7 @@ from app.chats import ChatStore
 from app.library.answering import AnswerOutcome, Turn
 from app.library.events import IndexProgress, LibraryEvent
 from app.library.library import Library, LibraryAnswer
+from app.library.pack_import import ImportReport, PathMap, import_into_library
 from app.power import on_battery
 from app.settings import Effect, Settings, effects, load_settings, save_settings
 from app.ui.event_pump import EventPump
@@ -104,6 +105,7 @@ class AppController(QObject):
     model_state_changed = Signal(str, str)
     index_progress = Signal(object)  # IndexProgress, after the rows before it are in `model`
     error = Signal(str, str)
+    pack_progress = Signal(int, int)  # shards of a memory pack imported, of how many
 
     def __init__(self, data_dir: Path, parent: QObject | None = None) -> None:
         super().__init__(parent)
@@ -263,6 +265,22 @@ class AppController(QObject):
             "Adding the folder failed",
             lambda lib: lib.add_folder(Path(path)),
             (lambda _folder: finished(None)) if finished else None,
+            finished,
+        )
+
+    def import_pack(
+        self, pack: str, mappings: Sequence[str], finished: Callable[[ImportReport], None] | None = None
+    ) -> None:
+        """Merge a memory pack into the library in the background (app/library/pack_import.py):
+        each shard on the library's writer, whose events bring the documents into the folders
+        panel as they land; `pack_progress` counts the shards; `finished(report)` at the end.
+        A refused pack (another model or chunk size) comes back as an error banner."""
+        specs = list(mappings)
+        self._run_on_library(
+            "The pack was not imported",
+            lambda lib: import_into_library(
+                lib, Path(pack), PathMap.parse(specs), lambda done, total: self.pack_progress.emit(done, total)
+            ),
             finished,
         )
 

@@ -32,6 +32,8 @@ from PySide6.QtWidgets import (
 
 from app.chats import Message, as_markdown, turns
 from app.library.events import IndexProgress
+from app.library.pack import PackError, read_manifest
+from app.library.pack_import import ImportReport
 from app.library.states import DocumentState, IndexerState
 from app.logs import log_path
 from app.ui.chat import ChatPanel
@@ -142,6 +144,7 @@ class MainWindow(QMainWindow):
         self._run_started: float | None = None
         self._tray: QSystemTrayIcon | None = None
         self.notifications: list[str] = []  # what was announced, newest last
+        self.pack_summary: QMessageBox | None = None  # the last import's report, while it is open
         self.drafts: dict[int, str] = self._read_drafts()
         self.stack = QStackedWidget()
         self.stack.addWidget(self.welcome)
@@ -172,6 +175,11 @@ class MainWindow(QMainWindow):
         add.triggered.connect(self.folders._choose_folder)
         file_menu.addAction(add)
         self.add_folder_action = add
+        import_pack = QAction("&Import pack…", self)
+        import_pack.setToolTip("Add a memory pack a team encoded on a cluster (dolphin-desk cluster-index)")
+        import_pack.triggered.connect(self._choose_pack)
+        file_menu.addAction(import_pack)
+        self.import_pack_action = import_pack
         # Ctrl+, everywhere: Qt's Preferences key is empty on Linux and Windows.
         settings = QAction("&Settings…", self)
         settings.setShortcuts(
@@ -241,6 +249,9 @@ class MainWindow(QMainWindow):
         c.index_progress.connect(self._on_progress)
         c.pump.problems_changed.connect(self.folders.show_problems)
         c.error.connect(self._on_error)
+        c.pack_progress.connect(
+            lambda done, total: self.statusBar().showMessage(f"Importing the pack: shard {done} of {total}…")
+        )
         self.welcome.bundle_chosen.connect(c.use_bundle)
         self.folders.add_folder.connect(c.add_folder)
         self.folders.remove_folder.connect(c.remove_folder)
@@ -336,6 +347,46 @@ class MainWindow(QMainWindow):
             self.welcome.show_error(message, details)
         else:
             self.chat.show_banner(message, details)
+
+    def _choose_pack(self) -> None:
+        """Pick a pack folder, then say where each of its source folders is on this computer
+        (if anywhere): citations then open the user's copy, and that folder is watched."""
+        chosen = QFileDialog.getExistingDirectory(self, "Import a memory pack")
+        if not chosen:
+            return
+        try:
+            roots = read_manifest(Path(chosen)).source_roots
+        except PackError as exc:
+            self._on_error(f"The pack was not imported: {exc}", "")
+            return
+        mappings = []
+        for root in roots:
+            if Path(root).is_dir():
+                continue
+            answer = QMessageBox.question(
+                self,
+                "Import a memory pack",
+                f"The pack was made from {root}. Do you have a copy of that folder on this computer?\n\n"
+                "If you do, choose it: its files are watched and open from your copy. If not, the pack's "
+                "documents are still searchable, and their citations say they are not available here.",
+            )
+            if answer == QMessageBox.StandardButton.Yes:
+                local = QFileDialog.getExistingDirectory(self, f"Your copy of {root}")
+                if local:
+                    mappings.append(f"{root}={local}")
+        self.import_pack(Path(chosen), mappings)
+
+    def import_pack(self, pack: Path, mappings: list[str]) -> None:
+        self.statusBar().showMessage(f"Importing the pack {pack.name}…")
+        self.controller.import_pack(str(pack), mappings, self._pack_imported)
+
+    def _pack_imported(self, report: ImportReport) -> None:
+        lines = report.lines()
+        self.statusBar().showMessage(lines[0], 30000)
+        box = QMessageBox(QMessageBox.Icon.Information, "Memory pack imported", "\n".join(lines), parent=self)
+        box.setAttribute(Qt.WidgetAttribute.WA_DeleteOnClose)
+        box.open()  # not modal: the folders panel fills in behind it
+        self.pack_summary = box
 
     def open_settings(self) -> None:
         dialog = SettingsDialog(self.controller.settings, str(self.controller.data_dir), self)
