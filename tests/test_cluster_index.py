@@ -273,3 +273,11 @@ def test_the_desktop_never_imports_ray() -> None:
 
     modules = _imported_by("import app.cli; app.cli.build_parser(); import app.ui.main_window, app.library.pack_import")
     assert not modules & {"ray", "pyarrow", "pandas"}, modules & {"ray", "pyarrow", "pandas"}
+
+
+def test_the_job_will_not_write_into_a_folder_that_is_not_a_pack(corpus: Path, int4_bundle: Path, tmp_path) -> None:
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "thesis.tex").write_text("mine", encoding="utf-8")
+    code, _, stderr = cluster_index("127.0.0.1:1", int4_bundle, tmp_path / "out", corpus)
+    assert code == 1 and "is not empty and not a memory pack: choose another --out" in stderr
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.tex"]

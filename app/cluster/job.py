@@ -56,7 +56,7 @@ from inference.bundle import load_manifest
 
 READER_CPUS = 0.0
 READ_BATCH = 4  # documents per call of a reader
-DEFAULT_ENCODE_BATCH = 16  # chunks per call of an encoder
+DEFAULT_ENCODE_BATCH = 4  # chunks per call of an encoder: ~1 s each on a CPU core, so small batches spread well
 DEFAULT_CPUS_PER_WORKER = 4  # on CPU clusters: a balance of memory (a model copy per actor) and speed
 
 log = logging.getLogger("dolphin.cluster")

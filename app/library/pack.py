@@ -320,14 +320,15 @@ class PackWriter:
     def __init__(self, root: Path, header: PackHeader) -> None:
         self.root = Path(root).expanduser().resolve()
         self.header = header
-        (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
         if (self.root / MANIFEST_NAME).exists():
             self.manifest = read_manifest(self.root)
             _refuse_other_header(self.manifest.header, header, self.root)
             self.manifest.header = header  # this run's patterns
+            (self.root / SHARDS_DIR).mkdir(exist_ok=True)
         else:
-            if any(p for p in self.root.iterdir() if p.name != SHARDS_DIR) or any((self.root / SHARDS_DIR).iterdir()):
+            if self.root.exists() and (not self.root.is_dir() or any(self.root.iterdir())):
                 raise PackError(f"{display_path(self.root)} is not empty and not a memory pack: choose another --out")
+            (self.root / SHARDS_DIR).mkdir(parents=True, exist_ok=True)
             self.manifest = PackManifest(header)
             self._save_manifest()
         self._seal_leftovers()
