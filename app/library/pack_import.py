@@ -188,6 +188,7 @@ class PackImporter:
             ],
         )
         self._folder_ids: list[int] = []
+        self.new_folders: list[Path] = []
         self._chunker = self.manifest.header.chunker.chunker(setup.encoder_identity)
         for info in self.manifest.shards:
             path = self.pack / info.file
@@ -201,7 +202,10 @@ class PackImporter:
         return len(self.manifest.shards)
 
     def create_folders(self) -> list[Path]:
-        """A library folder per source root (kept as it is where the library already has it)."""
+        """A library folder per source root (kept as it is, with its own patterns, where the
+        library already has it: `new_folders` are those it did not)."""
+        before = {f.path for f in self.store.folders()}
+        self.new_folders = [root for root in dict.fromkeys(self.local_roots) if root not in before]
         now = time.time()
         with self.store.transaction() as db:
             db.executemany(
@@ -432,6 +436,6 @@ def import_into_library(
             on_shard(index + 1, importer.shard_count)
     library.indexer.expect_unembedded()
     for root in importer.report.roots:
-        if root.available:
-            library.add_folder(root.local)
+        if root.available and root.local in importer.new_folders:
+            library.add_folder(root.local)  # scanned and watched like any folder the user adds
     return importer.report
