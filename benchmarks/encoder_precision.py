@@ -74,25 +74,28 @@ def _timed(run: Callable[[], object]) -> tuple[float, object]:
 
 
 def speed(variants: dict[str, Path], config: dict, memory_ids: list[int], rounds: int, threads: int) -> dict:
-    """Interleaved rounds: fp32 product, int8 product, then one new chunk per variant."""
+    """Interleaved rounds: fp32 product, int8 product, then one new chunk per variant.
+
+    Each variant's session is loaded, warmed up on another chunk and timed within its round, then
+    released: seven 0.5B encoders at once (~7 GB) do not fit beside other work on a shared machine."""
     products = {"fp32": fp32_product(PEAK_SIZE, threads), "int8": int8_product(PEAK_SIZE, threads)}
-    runners = {name: _encode_runner(path, config, threads) for name, path in variants.items()}
     rng = np.random.default_rng(1)
     chunks = [rng.integers(10, min(memory_ids), CHUNK_TOKENS).tolist() + memory_ids for _ in range(rounds + 1)]
     for product in products.values():
         product()
-    for run in runners.values():
-        run(chunks[0])
     product_s: dict[str, list[float]] = {name: [] for name in products}
-    chunk_s: dict[str, list[float]] = {name: [] for name in runners}
-    states: dict[str, list[np.ndarray]] = {name: [] for name in runners}
+    chunk_s: dict[str, list[float]] = {name: [] for name in variants}
+    states: dict[str, list[np.ndarray]] = {name: [] for name in variants}
     for chunk in chunks[1:]:
         for name, product in products.items():
             product_s[name].append(min(_timed(product)[0] for _ in range(PRODUCTS_PER_ROUND)))
-        for name, run in runners.items():
+        for name, path in variants.items():
+            run = _encode_runner(path, config, threads)
+            run(chunks[0])
             seconds, memory = _timed(partial(run, chunk))
             chunk_s[name].append(seconds)
             states[name].append(memory)
+            del run
     ops = 2 * PEAK_SIZE**3 / 1e9
     peaks = {
         "fp32_gflops": ops / min(product_s["fp32"]),
