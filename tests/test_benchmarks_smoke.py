@@ -14,6 +14,7 @@ SUMMARY_KEYS = (
     "cpu_ratio_full_vs_persisted_2048",
     "ttft_ratio_rag_vs_persisted",
     "encoder_fraction_of_peak",
+    "encoder_fraction_of_int8_peak",
     "max_gui_stall_ms",
     "bytes_per_memory",
 )
