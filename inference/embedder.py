@@ -15,7 +15,8 @@ import numpy as np
 import onnxruntime as ort
 from tokenizers import Tokenizer
 
-from inference.bundle import EmbedderInfo
+from inference.bundle import EmbedderInfo, Manifest
+from inference.providers import create_session
 
 BATCH = 32
 
@@ -54,3 +55,12 @@ class TextEmbedder:
         if self.info.normalize:
             pooled = pooled / np.maximum(np.linalg.norm(pooled, axis=1, keepdims=True), 1e-12)
         return pooled.astype(np.float32)
+
+
+def load_embedder(manifest: Manifest, threads: int) -> TextEmbedder | None:
+    """The bundle's embedder on the CPU (it is small, and its vectors must not depend on the
+    provider the Dolphin models run on), or None for a bundle without one."""
+    if manifest.embedder is None:
+        return None
+    session = create_session(str(manifest.root / manifest.embedder.file), "cpu", threads)
+    return TextEmbedder(manifest.root, manifest.embedder, session)

@@ -13,7 +13,7 @@ import threading
 from pathlib import Path
 
 from inference.bundle import Manifest, load_manifest
-from inference.embedder import TextEmbedder
+from inference.embedder import load_embedder
 from inference.encoder import MemoryEncoder
 from inference.model import DolphinModel
 from inference.providers import ORT_NAMES, available_providers, choose_provider, create_session, default_threads
@@ -41,15 +41,7 @@ class EncodingModel(DolphinModel):
             create_session(str(manifest.path("encoder")), self.provider, self.threads),
             create_session(str(manifest.path("projector")), "cpu", self.threads),
         )
-        self.embedder = (
-            TextEmbedder(
-                manifest.root,
-                manifest.embedder,
-                create_session(str(manifest.root / manifest.embedder.file), "cpu", self.threads),
-            )
-            if manifest.embedder is not None
-            else None
-        )
+        self.embedder = load_embedder(manifest, self.threads)
         self._lock = threading.Lock()
 
     @classmethod

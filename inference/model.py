@@ -14,7 +14,7 @@ from inference.answer_cache import AnswerCache, Segment, memory_key
 from inference.bundle import BundleError, Manifest, load_manifest
 from inference.conversation import Exchange, follow_up_ids, fresh_ids
 from inference.decoder import Decoder, DecoderState
-from inference.embedder import TextEmbedder
+from inference.embedder import load_embedder
 from inference.embeddings import EmbeddingTable
 from inference.encoder import Memory, MemoryEncoder
 from inference.errors import InputError
@@ -185,15 +185,7 @@ class DolphinModel:
             manifest.decoder.head_size,
         )
         self.max_positions = manifest.max_positions
-        self.embedder = (
-            TextEmbedder(
-                manifest.root,
-                manifest.embedder,
-                create_session(str(manifest.root / manifest.embedder.file), "cpu", self.threads),
-            )
-            if manifest.embedder is not None
-            else None
-        )
+        self.embedder = load_embedder(manifest, self.threads)
         self.reserved = self._reserved_tokens()
         self.answer_cache = AnswerCache()
         self._lock = threading.Lock()

@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from app import __version__
-from app.library.store import db_path, display_path, path_from_db
+from app.library.store import ChunkRecord, db_path, display_path, path_from_db
 from inference.bundle import file_digest
 
 PACK_FORMAT_VERSION = 1
@@ -197,15 +197,8 @@ class PackManifest:
         )
 
 
-@dataclass(frozen=True)
-class PackChunk:
-    ordinal: int
-    text: str
-    char_start: int
-    char_end: int
-    page: int | None
-    token_count: int
-    text_hash: str
+# A pack's chunk is what the library stores for one: the same record, so the two cannot drift.
+PackChunk = ChunkRecord
 
 
 @dataclass(frozen=True)
