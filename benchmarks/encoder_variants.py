@@ -3,9 +3,8 @@
 The converter's own functions make each variant (`run_builder`, `quantize_int4`, `quantize_int8`
 with the converter's calibration), so a variant measured here is the file a bundle would hold.
 The other int8 routes are built only to be measured against the one the converter ships; they
-are what the choice in onnx_export/quantize.py was made from (the LLM.int8()-style outlier split
-of the down projection, rejected while calibrated on random tokens, shipped once calibrated on
-text: benchmarks/README.md, "Encoder precision"); int8-blocks is the scheme it replaced.
+are what the choice in onnx_export/quantize.py was made from (the LLM.int8()-style outlier splits
+of the down projection were tried and rejected: benchmarks/README.md, "Encoder precision").
 """
 
 from __future__ import annotations
@@ -20,35 +19,27 @@ import numpy as np
 import onnx
 from onnx import NodeProto, TensorProto, helper
 
-from onnx_export.convert import CALIBRATION_CHUNKS, CALIBRATION_TOKENS, calibration_ids, run_builder, stack_dims
+from onnx_export.convert import calibration_ids, run_builder, stack_dims
 from onnx_export.quantize import (
     _DataWriter,
-    _insert_before,
     dynamic_int8,
     int8_rule,
     matmul_nbits,
     quantize_int4,
     quantize_int8,
-    quantize_int8_blocks,
-    quantize_int8_outliers,
     rewrite_matmuls,
     smoothing_for,
 )
 from onnx_export.smoothing import Smoothing, calibration_feeds
 
-# The down projection's input channels kept in fp32 by the int8-outliers-sliced-* variants, in
-# percent (the converter's int8 is the 5% split).
-OUTLIER_PERCENTS = (1, 2)
+# The down projection's input channels kept in fp32 by the int8-outliers-sliced-* variants, in percent.
+OUTLIER_PERCENTS = (1, 2, 5)
 # name -> what it is; "fp32", "int4" and "int8" are what `--encoder-precision` makes.
 VARIANTS = {
     "fp32": "fp32 export (ORT GenAI builder)",
     "int4": "MatMulNBits 4-bit, blocks of 32, accuracy level 4 (int8 compute)",
-    "int8": "the converter's int8: SmoothQuant + DynamicQuantizeMatMul, down_proj split with its top 5% input "
-    "channels in fp32 (Slice), calibrated on the shipped King James text",
-    "int8-blocks": "the int8 before the split: SmoothQuant on seeded random tokens + DynamicQuantizeMatMul, "
-    "MatMulNBits 8-bit/128 for down_proj",
-    "int8-outliers-sliced-5-random": "the converter's int8 calibrated on seeded random tokens instead of text",
-    "int8-no-smoothing": "int8-blocks without SmoothQuant",
+    "int8": "the converter's int8: SmoothQuant + DynamicQuantizeMatMul, MatMulNBits 8-bit/128 for down_proj",
+    "int8-no-smoothing": "int8 as shipped but without SmoothQuant",
     "int8-dynamic-all": "DynamicQuantizeMatMul for every MatMul, no smoothing (onnxruntime quantize_dynamic's route)",
     "int8-dynamic-smoothed": "DynamicQuantizeMatMul everywhere after SmoothQuant, down_proj's via up_proj (alpha 0.8)",
     "int8-nbits-32": "MatMulNBits 8-bit, blocks of 32, accuracy level 4, every MatMul",
@@ -165,15 +156,99 @@ def _outlier_split(source: Path, target: Path, feeds: list[dict], percent: float
     _insert_before(target, before)
 
 
-def random_calibration_ids(hf_dir: Path, memory_ids: list[int], positions: int) -> list[list[int]]:
-    """The converter's calibration before it shipped a text: seeded random ordinary tokens, each
-    chunk followed by the [memory_i] tokens (kept to measure what the text changed)."""
-    from tokenizers import Tokenizer
+def _mlp_inputs(source: Path) -> dict[str, set[str]]:
+    """Down projection weight -> the weights of the MatMuls (gate, up) whose output columns make
+    its input channels through elementwise ops only (SiLU as Sigmoid and Mul, the gating Mul)."""
+    graph = onnx.load(str(source), load_external_data=False).graph
+    producers = {output: node for node in graph.node for output in node.output}
+    feeding: dict[str, set[str]] = {}
+    for node in graph.node:
+        if node.op_type != "MatMul" or getattr(producers.get(node.input[0]), "op_type", "") != "Mul":
+            continue
+        weights: set[str] = set()
+        pending = list(producers[node.input[0]].input)
+        while pending:
+            producer = producers.get(pending.pop())
+            if producer is not None and producer.op_type == "MatMul":
+                weights.add(producer.input[1])
+            elif producer is not None and producer.op_type in {"Mul", "Sigmoid", "QuickGelu"}:
+                pending.extend(producer.input)
+        feeding[node.input[1]] = weights
+    return feeding
 
-    rng = np.random.default_rng(0)
-    ordinary = min(memory_ids) if memory_ids else Tokenizer.from_file(str(hf_dir / "tokenizer.json")).get_vocab_size()
-    length = min(CALIBRATION_TOKENS, positions - len(memory_ids))
-    return [rng.integers(0, ordinary, length).tolist() + list(memory_ids) for _ in range(CALIBRATION_CHUNKS)]
+
+def _outlier_slice(source: Path, target: Path, feeds: list[dict], percent: float) -> None:
+    """`_outlier_split` with the channels made contiguous instead of gathered: the gate and up
+    projections' output columns (and the down projection's rows) are permuted so the outlier
+    channels come last, and two Slices (row-segment copies) replace the Gathers (element copies,
+    as much time as the int8 product itself in ONNX Runtime's profile). Exact in fp32."""
+    feeding = _mlp_inputs(source)
+    calibrated = smoothing_for(source, feeds, product_alpha=1.0)
+    smoothing = Smoothing(
+        norm_divisors=calibrated.norm_divisors,
+        row_multipliers={name: f for name, f in calibrated.row_multipliers.items() if name not in feeding},
+    )
+    order, kept = {}, {}
+    for down, inputs in feeding.items():
+        x_max = calibrated.row_multipliers[down]
+        count = max(1, round(len(x_max) * percent / 100))
+        outliers = np.sort(np.argsort(x_max)[-count:])
+        order[down] = np.concatenate([np.setdiff1d(np.arange(len(x_max)), outliers), outliers])
+        kept[down] = len(x_max) - count
+        order.update(dict.fromkeys(inputs, order[down]))
+    before: dict[str, list[NodeProto]] = {}
+
+    def rule(node: NodeProto, weight: np.ndarray, producer: str, writer: _DataWriter) -> NodeProto:
+        stem = node.input[1]
+        if stem not in kept:
+            permuted = weight[:, order[stem]] if stem in order else weight
+            return int8_rule(node, np.ascontiguousarray(permuted), producer, writer)
+        weight, x = weight[order[stem]], node.input[0]
+        # Slice's bounds must be readable at load time for shape inference: Constants, not external data.
+        bounds = {"start0": 0, "end0": kept[stem], "start1": kept[stem], "end1": len(order[stem]), "axis": -1}
+        constants = [
+            helper.make_node(
+                "Constant",
+                [],
+                [f"{stem}_{key}"],
+                name=f"{node.name}_{key}",
+                value=helper.make_tensor(f"{stem}_{key}_value", TensorProto.INT64, [1], [value]),
+            )
+            for key, value in bounds.items()
+        ]
+        writer.add(f"{stem}_outlier_rows", np.ascontiguousarray(weight[kept[stem] :]), TensorProto.FLOAT)
+        normal_part = helper.make_node("MatMul", [f"{x}_normal", f"{stem}_normal"], [f"{x}_normal_out"], name=node.name)
+        before[node.output[0]] = [
+            *constants,
+            *(
+                helper.make_node(
+                    "Slice",
+                    [x, f"{stem}_start{index}", f"{stem}_end{index}", f"{stem}_axis"],
+                    [f"{x}_{part}"],
+                    name=f"{node.name}_{part}",
+                )
+                for index, part in enumerate(("normal", "outlier"))
+            ),
+            dynamic_int8(normal_part, np.ascontiguousarray(weight[: kept[stem]]), writer),
+            helper.make_node(
+                "MatMul", [f"{x}_outlier", f"{stem}_outlier_rows"], [f"{x}_outlier_out"], name=f"{node.name}_fp32"
+            ),
+        ]
+        return helper.make_node(
+            "Add", [f"{x}_normal_out", f"{x}_outlier_out"], list(node.output), name=f"{node.name}_join"
+        )
+
+    rewrite_matmuls(source, target, rule, smoothing)
+    _insert_before(target, before)
+
+
+def _insert_before(target: Path, before: dict[str, list[NodeProto]]) -> None:
+    """Put each rule's extra nodes ahead of the node whose first output keys them (topological order)."""
+    model = onnx.load(str(target), load_external_data=False)
+    nodes = [n for node in model.graph.node for n in (*before.get(node.output[0] if node.output else "", []), node)]
+    del model.graph.node[:]
+    model.graph.node.extend(nodes)
+    onnx.save(model, str(target))
 
 
 def build_variants(
@@ -188,21 +263,16 @@ def build_variants(
     positions = int(json.loads((hf_dir / "config.json").read_text())["max_position_embeddings"])
     ids = calibration_ids(hf_dir / "tokenizer.json", memory_ids, positions - len(memory_ids))
     feeds = calibration_feeds(fp32, ids, dims["num_kv_heads"], dims["head_size"])
-    random_feeds = calibration_feeds(
-        fp32, random_calibration_ids(hf_dir, memory_ids, positions), dims["num_kv_heads"], dims["head_size"]
-    )
     makers: dict[str, Callable[[Path, Path], None]] = {
         "int4": quantize_int4,
         "int8": lambda source, target: quantize_int8(source, target, feeds),
-        "int8-blocks": lambda source, target: quantize_int8_blocks(source, target, random_feeds),
-        "int8-outliers-sliced-5-random": partial(quantize_int8_outliers, calibration=random_feeds, percent=5),
-        "int8-no-smoothing": quantize_int8_blocks,
+        "int8-no-smoothing": quantize_int8,
         "int8-dynamic-all": _dynamic_everywhere,
         "int8-dynamic-smoothed": lambda source, target: _dynamic_smoothed(source, target, feeds),
         "int8-nbits-32": _nbits8_everywhere,
         "int8-outliers-1": partial(_outlier_split, feeds=feeds, percent=1),
         **{
-            f"int8-outliers-sliced-{percent:g}": partial(quantize_int8_outliers, calibration=feeds, percent=percent)
+            f"int8-outliers-sliced-{percent:g}": partial(_outlier_slice, feeds=feeds, percent=percent)
             for percent in OUTLIER_PERCENTS
         },
     }

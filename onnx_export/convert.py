@@ -53,8 +53,6 @@ PRECISIONS = ("int4", "fp16", "fp32")
 ENCODER_PRECISIONS = ("int8", "int4", "fp16", "fp32")
 CALIBRATION_CHUNKS = 4
 CALIBRATION_TOKENS = 384  # the default chunk size: what the encoder sees while indexing
-# King James Genesis 37-38 (public domain), the int8 encoder's calibration text.
-CALIBRATION_TEXT = Path(__file__).with_name("calibration.txt")
 PROVIDERS = ("cpu", "dml", "cuda")
 DEFAULT_MAX_CONTEXT_TOKENS = 2048
 _QWEN2_KEYS = (
@@ -253,18 +251,20 @@ def default_encoder_precision(precision: str, provider: str) -> str:
 
 
 def calibration_ids(tokenizer_path: Path, memory_ids: list[int], max_tokens: int) -> list[list[int]]:
-    """Consecutive chunks of CALIBRATION_TEXT in the bundle's tokenizer, each followed by the
-    [memory_i] tokens as in encoding.
+    """Seeded random ordinary tokens, each chunk followed by the [memory_i] tokens as in encoding.
 
-    Real text, not random tokens: the int8 encoder keeps the down projections' largest input
-    channels in fp32, and which channels those are is only learnt from text a trained model has
-    seen the like of (benchmarks/README.md, "Encoder precision"). The text wraps if it is short."""
+    Random tokens calibrate SmoothQuant almost as well as real text on trained weights (see
+    onnx_export/smoothing.py), and need no corpus in the converter."""
+    rng = np.random.default_rng(0)
+    ordinary = min(memory_ids) if memory_ids else _vocab_size(tokenizer_path)
+    length = min(CALIBRATION_TOKENS, max_tokens)
+    return [rng.integers(0, ordinary, length).tolist() + list(memory_ids) for _ in range(CALIBRATION_CHUNKS)]
+
+
+def _vocab_size(tokenizer_path: Path) -> int:
     from tokenizers import Tokenizer
 
-    length = min(CALIBRATION_TOKENS, max_tokens)
-    text = Tokenizer.from_file(str(tokenizer_path)).encode(CALIBRATION_TEXT.read_text(encoding="utf-8")).ids
-    ids = np.resize(np.asarray(text, dtype=np.int64), CALIBRATION_CHUNKS * length)
-    return [ids[i * length : (i + 1) * length].tolist() + list(memory_ids) for i in range(CALIBRATION_CHUNKS)]
+    return Tokenizer.from_file(str(tokenizer_path)).get_vocab_size()
 
 
 def memory_token_ids(tokenizer_path: Path) -> list[int]:

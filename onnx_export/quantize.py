@@ -13,16 +13,10 @@ Two schemes (measured in benchmarks/encoder_precision.py, docs in benchmarks/REA
 * int8: every MatMul fed by an RMSNorm or by attention becomes DynamicQuantizeMatMul (weights
   int8 per output column, activations u8 per matrix, quantized at run time: the VNNI u8 x s8
   kernel), after SmoothQuant moved the norms' activation outliers into the weights
-  (onnx_export/smoothing.py). The MLP's down projection, whose input carries the trained model's
-  largest outliers and no norm to fold them into, is split LLM.int8()-style: its top 5% input
-  channels by calibrated max |x| stay in fp32, the rest go through DynamicQuantizeMatMul too
-  (`quantize_int8_outliers`). Both are calibrated on real text (onnx_export/calibration.txt):
-  random tokens pick the wrong outlier channels. The split ran at 72% of the int8 GEMM limit
-  where the earlier down projection as MatMulNBits 8-bit/128 (`quantize_int8_blocks`, whose
-  activations are quantized per block of each row) ran at 59%, and stays within the documented
-  distance of fp32 on text it was not calibrated on, narrowly (benchmarks/README.md). Dynamic
-  quantization alone, without smoothing or the split, was 6x further from fp32 than int4 on
-  trained weights.
+  (onnx_export/smoothing.py). The rest (the MLP's down projection, whose input carries the
+  trained model's largest outliers and no norm to fold them into) become MatMulNBits with 8 bits
+  in blocks of 128 along K, whose activations are quantized per block of each row. Dynamic
+  quantization alone, without both, was 6x further from fp32 than int4 on trained weights.
 """
 
 from __future__ import annotations
@@ -40,8 +34,6 @@ from onnx_export.smoothing import Smoothing, smoothing_factors
 MS_DOMAIN = "com.microsoft"
 INT4_BLOCK = 32
 INT8_BLOCK = 128  # for the MatMulNBits part of int8: cosine 0.9982 vs 0.9980 at 256, 2% slower
-# The down projections' input channels kept in fp32 (the largest calibrated max |x|), in percent.
-OUTLIER_PERCENT = 5
 ACCURACY_INT8_COMPUTE = 4
 # Activations that are bounded per token (a norm's output, attention's convex mix of values):
 # a per-matrix u8 scale keeps them well resolved once smoothed.
@@ -49,9 +41,8 @@ DYNAMIC_INT8_PRODUCERS = frozenset(
     {"SimplifiedLayerNormalization", "SkipSimplifiedLayerNormalization", "GroupQueryAttention", "MultiHeadAttention"}
 )
 INT8_SCHEME = (
-    "int8: SmoothQuant alpha 0.7 (King James calibration text) + DynamicQuantizeMatMul (per-column s8 weights) "
-    f"after norms and attention; down projections split, top {OUTLIER_PERCENT}% input channels by calibrated "
-    "max |x| in fp32 (Slice), the rest DynamicQuantizeMatMul"
+    "int8: SmoothQuant alpha 0.7 (random-token calibration) + DynamicQuantizeMatMul (per-column s8 weights) "
+    f"after norms and attention; MatMulNBits 8-bit blocks of {INT8_BLOCK}, accuracy level 4, elsewhere"
 )
 _NUMPY_OF = {
     TensorProto.FLOAT: np.float32,
@@ -245,129 +236,7 @@ def smoothing_for(
         maps.clear()
 
 
-def mlp_inputs(source: Path) -> dict[str, set[str]]:
-    """Down projection weight -> the weights of the MatMuls (gate, up) whose output columns make
-    its input channels through elementwise ops only (SiLU as Sigmoid and Mul, the gating Mul)."""
-    graph = onnx.load(str(source), load_external_data=False).graph
-    producers = {output: node for node in graph.node for output in node.output}
-    feeding: dict[str, set[str]] = {}
-    for node in graph.node:
-        if node.op_type != "MatMul" or getattr(producers.get(node.input[0]), "op_type", "") != "Mul":
-            continue
-        weights: set[str] = set()
-        pending = list(producers[node.input[0]].input)
-        while pending:
-            producer = producers.get(pending.pop())
-            if producer is not None and producer.op_type == "MatMul":
-                weights.add(producer.input[1])
-            elif producer is not None and producer.op_type in {"Mul", "Sigmoid", "QuickGelu"}:
-                pending.extend(producer.input)
-        feeding[node.input[1]] = weights
-    return feeding
-
-
-def _insert_before(target: Path, before: dict[str, list[NodeProto]]) -> None:
-    """Put each rule's extra nodes ahead of the node whose first output keys them (topological order)."""
-    model = onnx.load(str(target), load_external_data=False)
-    nodes = [n for node in model.graph.node for n in (*before.get(node.output[0] if node.output else "", []), node)]
-    del model.graph.node[:]
-    model.graph.node.extend(nodes)
-    onnx.save(model, str(target))
-
-
-def _split_down_projection(
-    node: NodeProto, weight: np.ndarray, kept: int, writer: _DataWriter
-) -> tuple[list[NodeProto], NodeProto]:
-    """The nodes ahead of, and the Add replacing, a down projection whose rows past `kept` are its
-    outlier channels: Slice both ways, DynamicQuantizeMatMul for the rest, fp32 MatMul for them."""
-    stem, x = node.input[1], node.input[0]
-    # Slice's bounds must be readable at load time for shape inference: Constants, not external data.
-    bounds = {"start0": 0, "end0": kept, "start1": kept, "end1": weight.shape[0], "axis": -1}
-    constants = [
-        helper.make_node(
-            "Constant",
-            [],
-            [f"{stem}_{key}"],
-            name=f"{node.name}_{key}",
-            value=helper.make_tensor(f"{stem}_{key}_value", TensorProto.INT64, [1], [value]),
-        )
-        for key, value in bounds.items()
-    ]
-    writer.add(f"{stem}_outlier_rows", np.ascontiguousarray(weight[kept:]), TensorProto.FLOAT)
-    normal_part = helper.make_node("MatMul", [f"{x}_normal", f"{stem}_normal"], [f"{x}_normal_out"], name=node.name)
-    slices = [
-        helper.make_node(
-            "Slice",
-            [x, f"{stem}_start{index}", f"{stem}_end{index}", f"{stem}_axis"],
-            [f"{x}_{part}"],
-            name=f"{node.name}_{part}",
-        )
-        for index, part in enumerate(("normal", "outlier"))
-    ]
-    before = [
-        *constants,
-        *slices,
-        dynamic_int8(normal_part, np.ascontiguousarray(weight[:kept]), writer),
-        helper.make_node(
-            "MatMul", [f"{x}_outlier", f"{stem}_outlier_rows"], [f"{x}_outlier_out"], name=f"{node.name}_fp32"
-        ),
-    ]
-    join = helper.make_node("Add", [f"{x}_normal_out", f"{x}_outlier_out"], list(node.output), name=f"{node.name}_join")
-    return before, join
-
-
-def quantize_int8_outliers(
-    source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]], percent: float = OUTLIER_PERCENT
-) -> None:
-    """The int8 scheme with each down projection split as LLM.int8() splits it (Dettmers et al.,
-    2022): its `percent` input channels with the largest calibrated max |x| (the SwiGLU outliers
-    that a per-matrix u8 scale cannot hold) multiply their weight rows in fp32, the rest go
-    through the VNNI DynamicQuantizeMatMul, and an Add joins the two. The gate and up
-    projections' output columns (and the down projection's rows) are permuted so the outliers
-    come last and two Slices (row-segment copies) cut them out; Gathers (element copies) cost as
-    much as the int8 product itself. The permutation is exact in fp32.
-
-    The ranking is the smoothing's own calibration: smoothing through the up projections at
-    alpha 1 makes each down projection's row factor exactly its input's per-channel max |x|.
-    Those factors only rank the channels; the norms are smoothed as in `quantize_int8_blocks`."""
-    feeding = mlp_inputs(source)
-    calibrated = smoothing_for(source, calibration, product_alpha=1.0)
-    smoothing = Smoothing(
-        norm_divisors=calibrated.norm_divisors,
-        row_multipliers={name: f for name, f in calibrated.row_multipliers.items() if name not in feeding},
-    )
-    order: dict[str, np.ndarray] = {}
-    kept: dict[str, int] = {}
-    for down, inputs in feeding.items():
-        x_max = calibrated.row_multipliers[down]
-        count = max(1, round(len(x_max) * percent / 100))
-        outliers = np.sort(np.argsort(x_max)[-count:])
-        order[down] = np.concatenate([np.setdiff1d(np.arange(len(x_max)), outliers), outliers])
-        kept[down] = len(x_max) - count
-        order.update(dict.fromkeys(inputs, order[down]))
-    before: dict[str, list[NodeProto]] = {}
-
-    def rule(node: NodeProto, weight: np.ndarray, producer: str, writer: _DataWriter) -> NodeProto:
-        stem = node.input[1]
-        if stem not in kept:
-            permuted = weight[:, order[stem]] if stem in order else weight
-            return int8_rule(node, np.ascontiguousarray(permuted), producer, writer)
-        before[node.output[0]], join = _split_down_projection(node, weight[order[stem]], kept[stem], writer)
-        return join
-
-    rewrite_matmuls(source, target, rule, smoothing)
-    _insert_before(target, before)
-
-
-def quantize_int8_blocks(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]] = ()) -> None:
-    """The int8 scheme before the outlier split: the down projections as MatMulNBits 8-bit/128.
-    `calibration` enables SmoothQuant; without it the norms are left as they are."""
+def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]] = ()) -> None:
+    """`target` with the int8 scheme above; `calibration` (feeds for the fp32 model at `source`)
+    enables SmoothQuant, without it the norms are left as they are."""
     rewrite_matmuls(source, target, int8_rule, smoothing_for(source, calibration) if calibration else None)
-
-
-def quantize_int8(source: Path, target: Path, calibration: Sequence[dict[str, np.ndarray]]) -> None:
-    """`target` with the converter's int8 scheme (module docstring): SmoothQuant and the outlier
-    split, both calibrated on `calibration` (feeds for the fp32 model at `source`)."""
-    if not calibration:
-        raise ValueError("the int8 scheme needs calibration feeds: they pick the down projections' fp32 channels")
-    quantize_int8_outliers(source, target, calibration, OUTLIER_PERCENT)
