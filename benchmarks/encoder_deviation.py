@@ -11,11 +11,20 @@
   the reference logits, computed as tests/test_parity.py does.
 
 The memory is the encoder's final states at the last 32 positions (the [memory_i] slots).
+
+The int8 encoder is calibrated on King James text (onnx_export/calibration.txt), so its SmolLM2
+figures on King James flatter it; `--text` measures on other text instead:
+
+    python -m benchmarks.encoder_deviation --text '/tmp/qa/debian-faq/docs/*.txt' [--variants fp32 int8 ...]
 """
 
 from __future__ import annotations
 
+import argparse
+import glob
 import json
+import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -52,25 +61,32 @@ def _hidden_states(model: Path, chunks: list[list[int]], num_kv_heads: int, head
     return np.stack(out)
 
 
-def kjv_chunks(tokenizer_json: Path, count: int = 8, length: int = 416) -> list[list[int]]:
-    """`count` chunks of `length` real tokens, spread over the six KJV books."""
+def text_chunks(tokenizer_json: Path, files: list[Path], count: int = 8, length: int = 416) -> list[list[int]]:
+    """`count` chunks of `length` real tokens, spread evenly over the files (sorted, joined)."""
     from tokenizers import Tokenizer
 
     tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    ids = tokenizer.encode("\n\n".join(p.read_text(encoding="utf-8") for p in sorted(KJV.glob("*.txt")))).ids
+    ids = tokenizer.encode("\n\n".join(p.read_text(encoding="utf-8") for p in sorted(files))).ids
     stride = (len(ids) - length) // count
     return [ids[i * stride : i * stride + length] for i in range(count)]
 
 
-def trained_model(variants: dict[str, Path], hf_dir: Path) -> dict[str, dict[str, float]]:
+def kjv_chunks(tokenizer_json: Path, count: int = 8, length: int = 416) -> list[list[int]]:
+    """`count` chunks of `length` real tokens, spread over the six KJV books."""
+    return text_chunks(tokenizer_json, list(KJV.glob("*.txt")), count, length)
+
+
+def trained_model(
+    variants: dict[str, Path], hf_dir: Path, text: list[Path] | None = None
+) -> dict[str, dict[str, float]]:
     """SmolLM2: deviation of the last 32 states, LM-head top-1 agreement with fp32 over every
-    position, and next-token accuracy on the text, per variant."""
+    position, and next-token accuracy on the text (`text`'s files, King James without), per variant."""
     from safetensors.numpy import load_file
 
     config = json.loads((hf_dir / "config.json").read_text())
     head_size = config["hidden_size"] // config["num_attention_heads"]
     embeddings = load_file(str(hf_dir / "model.safetensors"))["model.embed_tokens.weight"]
-    chunks = kjv_chunks(hf_dir / "tokenizer.json")
+    chunks = text_chunks(hf_dir / "tokenizer.json", text) if text else kjv_chunks(hf_dir / "tokenizer.json")
     truth = np.asarray([chunk[1:] for chunk in chunks])
     reference = _hidden_states(variants["fp32"], chunks, config["num_key_value_heads"], head_size)
     reference_top = (reference @ embeddings.T).argmax(-1)
@@ -131,3 +147,38 @@ def fixtures(work: Path, precisions: tuple[str, ...] = ("fp32", "int8", "int4"))
             "encoder_identity": model.encoder_identity,
         }
     return results
+
+
+def main(argv: list[str] | None = None) -> int:
+    """SmolLM2 deviation alone, on any text: the check that the calibration text does not flatter."""
+    from benchmarks.encoder_variants import VARIANTS, build_variants
+    from benchmarks.smollm2 import write_qwen2_checkpoint
+
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.encoder_deviation")
+    parser.add_argument("--text", help="glob of UTF-8 files to measure on (default: King James)")
+    parser.add_argument("--variants", nargs="+", default=["fp32", "int8"], choices=list(VARIANTS))
+    parser.add_argument("--cache", type=Path, default=ROOT / "benchmarks" / ".cache")
+    parser.add_argument("--out", type=Path, help="write the result here as JSON")
+    args = parser.parse_args(argv)
+    files = [Path(p) for p in sorted(glob.glob(args.text))] if args.text else None
+    if args.text and not files:
+        raise SystemExit(f"no files match {args.text}")
+    names = tuple(dict.fromkeys(["fp32", *args.variants]))
+    work = args.cache / "encoder-precision"
+    smol_dir = write_qwen2_checkpoint(work / "smollm2-hf")
+    result = {
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "text": args.text or "King James (benchmarks/data/kjv)",
+        "files": len(files) if files else None,
+        "smollm2_135m_trained": trained_model(build_variants(smol_dir, work / "smollm2", [], names), smol_dir, files),
+    }
+    for name, row in result["smollm2_135m_trained"].items():
+        print(f"{name}: cosine {row['cosine_mean']:.4f} mean / {row['cosine_min']:.4f} min, "
+              f"top-1 {row['lm_top1_agreement']:.1%}, next-token {row['next_token_accuracy']:.1%}")  # fmt: skip
+    if args.out:
+        args.out.write_text(json.dumps(result, indent=1) + "\n", encoding="utf-8")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

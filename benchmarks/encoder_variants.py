@@ -21,6 +21,7 @@ from onnx import NodeProto, TensorProto, helper
 
 from onnx_export.convert import calibration_ids, run_builder, stack_dims
 from onnx_export.quantize import (
+    DYNAMIC_INT8_PRODUCERS,
     _DataWriter,
     dynamic_int8,
     int8_rule,
@@ -28,21 +29,32 @@ from onnx_export.quantize import (
     quantize_int4,
     quantize_int8,
     rewrite_matmuls,
+    rowwise_int8,
     smoothing_for,
 )
 from onnx_export.smoothing import Smoothing, calibration_feeds
 
 # The down projection's input channels kept in fp32 by the int8-outliers-sliced-* variants, in percent.
 OUTLIER_PERCENTS = (1, 2, 5)
+# SmoothQuant strengths tried for the down projection (through the up projection) before row-wise int8.
+ROWWISE_PRODUCT_ALPHAS = (0.3, 0.5)
 # name -> what it is; "fp32", "int4" and "int8" are what `--encoder-precision` makes.
 VARIANTS = {
     "fp32": "fp32 export (ORT GenAI builder)",
     "int4": "MatMulNBits 4-bit, blocks of 32, accuracy level 4 (int8 compute)",
-    "int8": "the converter's int8: SmoothQuant + DynamicQuantizeMatMul, MatMulNBits 8-bit/128 for down_proj",
+    "int8": "the converter's int8: SmoothQuant + DynamicQuantizeMatMul, down_proj MatMulInteger with u8 "
+    "activations per row (token)",
+    "int8-blocks": "the int8 scheme before: as int8, but down_proj MatMulNBits 8-bit, blocks of 128, accuracy level 4",
     "int8-no-smoothing": "int8 as shipped but without SmoothQuant",
     "int8-dynamic-all": "DynamicQuantizeMatMul for every MatMul, no smoothing (onnxruntime quantize_dynamic's route)",
     "int8-dynamic-smoothed": "DynamicQuantizeMatMul everywhere after SmoothQuant, down_proj's via up_proj (alpha 0.8)",
     "int8-nbits-32": "MatMulNBits 8-bit, blocks of 32, accuracy level 4, every MatMul",
+    "int8-rowwise-all": "every MatMul as MatMulInteger with u8 activations per row, after the shipped SmoothQuant",
+    **{
+        f"int8-rowwise-smoothed-{alpha:g}": "int8 after SmoothQuant of down_proj through up_proj's columns "
+        f"(alpha {alpha:g})"
+        for alpha in ROWWISE_PRODUCT_ALPHAS
+    },
     "int8-outliers-1": "int8 with down_proj split LLM.int8()-style: its top 1% input channels by calibrated max |x| "
     "in an fp32 MatMul, the rest DynamicQuantizeMatMul (Gather both ways, Add)",
     **{
@@ -98,6 +110,18 @@ def _nbits8_everywhere(source: Path, target: Path) -> None:
     rewrite_matmuls(
         source, target, lambda node, weight, _producer, writer: matmul_nbits(node, weight, writer, 8, 32, 4)
     )
+
+
+def _int8_blocks(source: Path, target: Path, feeds: list[dict]) -> None:
+    """The int8 scheme before row-wise activations: the down projection as 8-bit MatMulNBits in
+    blocks of 128 (activations quantized per block of each row inside the kernel)."""
+
+    def rule(node: NodeProto, weight: np.ndarray, producer: str, writer: _DataWriter) -> NodeProto | list[NodeProto]:
+        if producer in DYNAMIC_INT8_PRODUCERS:
+            return dynamic_int8(node, weight, writer)
+        return matmul_nbits(node, weight, writer, 8, 128, 4)
+
+    rewrite_matmuls(source, target, rule, smoothing_for(source, feeds))
 
 
 def _down_projections(source: Path) -> list[str]:
@@ -271,6 +295,19 @@ def build_variants(
         "int8-dynamic-smoothed": lambda source, target: _dynamic_smoothed(source, target, feeds),
         "int8-nbits-32": _nbits8_everywhere,
         "int8-outliers-1": partial(_outlier_split, feeds=feeds, percent=1),
+        "int8-blocks": partial(_int8_blocks, feeds=feeds),
+        "int8-rowwise-all": lambda source, target: rewrite_matmuls(
+            source,
+            target,
+            lambda node, weight, _producer, writer: rowwise_int8(node, weight, writer),
+            smoothing_for(source, feeds),
+        ),
+        **{
+            f"int8-rowwise-smoothed-{alpha:g}": lambda source, target, alpha=alpha: rewrite_matmuls(
+                source, target, int8_rule, smoothing_for(source, feeds, product_alpha=alpha)
+            )
+            for alpha in ROWWISE_PRODUCT_ALPHAS
+        },
         **{
             f"int8-outliers-sliced-{percent:g}": partial(_outlier_slice, feeds=feeds, percent=percent)
             for percent in OUTLIER_PERCENTS

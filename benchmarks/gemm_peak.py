@@ -2,7 +2,11 @@
 
 An int8 encoder is held to the int8 ceiling, not the fp32 one: on a CPU with VNNI the u8 x s8
 product runs ~3x the fp32 rate, so "90% of the fp32 peak" can be 30% of what the hardware does.
-Both are a square product of `size` (2048 by default) with the session options the app uses.
+Both are a square product of `size` (2048 by default) with the session options the app uses,
+except that their threads do not spin once a product is done: ONNX Runtime's workers spin-wait
+for more work after a run, and on 2 cores a product's spinning pool took ~10 % from an encoder
+chunk started right after it (0.295 s best, 0.315 median, against 0.258 / 0.283 after a product
+that does not spin; 0.274 / 0.281 after a pause). A single large GEMM does not need them to spin.
 """
 
 from __future__ import annotations
@@ -20,7 +24,9 @@ from inference.providers import session_options
 def _session(nodes: list, inputs: list, output_type: int, size: int, threads: int) -> ort.InferenceSession:
     graph = helper.make_graph(nodes, "peak", inputs, [helper.make_tensor_value_info("c", output_type, [size, size])])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
-    return ort.InferenceSession(model.SerializeToString(), session_options(threads), providers=["CPUExecutionProvider"])
+    options = session_options(threads)
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    return ort.InferenceSession(model.SerializeToString(), options, providers=["CPUExecutionProvider"])
 
 
 def fp32_product(size: int, threads: int) -> Callable[[], None]:

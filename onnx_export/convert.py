@@ -47,8 +47,8 @@ from onnx_export.smoothing import calibration_feeds
 
 PRECISIONS = ("int4", "fp16", "fp32")
 # The encoder may also be int8 (CPU only: DynamicQuantizeMatMul has no GPU kernel). It is the
-# default for CPU bundles: on the 0.5B encoder it runs ~2x the chunks/s of int4, and on trained
-# weights its memory is ~30x closer to fp32 (cosine 0.998 against int4's 0.938; the benchmark is
+# default for CPU bundles: on the 0.5B encoder it runs ~2.4x the chunks/s of int4, and on trained
+# weights its memory is ~20x closer to fp32 (cosine 0.997 against int4's 0.938; the benchmark is
 # benchmarks/encoder_precision.py, the figures are in benchmarks/README.md).
 ENCODER_PRECISIONS = ("int8", "int4", "fp16", "fp32")
 CALIBRATION_CHUNKS = 4

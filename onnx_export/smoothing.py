@@ -10,9 +10,9 @@ arithmetic, but evens out the channels the int8 kernel sees (Xiao et al., Smooth
 
 max|X_j| comes from running the fp32 export on calibration inputs. On SmolLM2-135M (trained
 weights, benchmarks/smollm2.py) with every MatMul dynamic int8, alpha 0.5, 0.7 and 0.85 left the
-memory at cosine 0.980, 0.992 and 0.988 from fp32; with the int8 scheme the converter ships,
-seeded random token ids calibrate almost as well as King James text (0.9980 against 0.9984),
-so the converter needs no calibration corpus.
+memory at cosine 0.980, 0.992 and 0.988 from fp32; with the int8 scheme the converter shipped
+then (down projection as 8-bit blocks), seeded random token ids calibrated almost as well as
+King James text (0.9980 against 0.9984), so the converter needs no calibration corpus.
 """
 
 from __future__ import annotations

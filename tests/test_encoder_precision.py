@@ -90,16 +90,60 @@ def test_each_precision_has_its_own_identity_and_its_memories_stay_apart(
 
 def test_the_int8_encoder_runs_on_int8_kernels(encoder_bundles: dict[str, Path]) -> None:
     """Every weight product is quantized: u8 x s8 dynamic where a norm or attention feeds it,
-    8-bit blocks elsewhere; no fp32 MatMul with a weight is left."""
+    row-wise u8 x s8 (MatMulInteger) for the down projection; no fp32 MatMul with a weight is left."""
     model = onnx.load(str(encoder_bundles["int8"] / "encoder" / "model.onnx"), load_external_data=False)
     ops = [node.op_type for node in model.graph.node]
     weights = {t.name for t in model.graph.initializer}
     assert not [n for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
     assert ops.count("DynamicQuantizeMatMul") == 2 * 4  # qkv, o, gate, up in each of 2 layers
-    nbits = [n for n in model.graph.node if n.op_type == "MatMulNBits"]
-    assert len(nbits) == 2 and all(
-        helper.get_attribute_value(a) == 8 for n in nbits for a in n.attribute if a.name == "bits"
+    assert ops.count("MatMulInteger") == 2 and "MatMulNBits" not in ops
+    integer = [n for n in model.graph.node if n.op_type == "MatMulInteger"]
+    assert all(n.input[1] in weights and n.input[1].endswith("_s8") for n in integer)
+
+
+def _one_matmul(path: Path, weight: np.ndarray) -> None:
+    k, n = weight.shape
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/down_proj/MatMul")],
+        "one",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", "sequence", k])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", n])],
+        [onnx.numpy_helper.from_array(weight, "w")],
     )
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+
+
+def test_rowwise_int8_gives_each_token_its_own_scale(tmp_path: Path) -> None:
+    """A token whose inputs are 500x the others' (a trained down projection has such tokens) costs
+    the other tokens nothing: each row is quantized with its own scale. One scale for the whole
+    matrix, as DynamicQuantizeMatMul uses, flattens them. Any batch and sequence shape runs."""
+    import onnxruntime as ort
+
+    from onnx_export.quantize import dynamic_int8, rewrite_matmuls, rowwise_int8
+
+    rng = np.random.default_rng(5)
+    weight = rng.standard_normal((64, 24)).astype(np.float32)
+    x = rng.standard_normal((2, 7, 64)).astype(np.float32)
+    x[1, 3] *= 500
+    source = tmp_path / "fp32.onnx"
+    _one_matmul(source, weight)
+    results = {}
+    for name, rule in {"rowwise": rowwise_int8, "per_matrix": dynamic_int8}.items():
+        target = tmp_path / f"{name}.onnx"
+        rewrite_matmuls(source, target, lambda node, w, _producer, writer, rule=rule: rule(node, w, writer))
+        session = ort.InferenceSession(str(target), providers=["CPUExecutionProvider"])
+        results[name] = session.run(None, {"x": x})[0]
+    exact = x @ weight
+    assert results["rowwise"].shape == exact.shape == (2, 7, 24)
+    others = np.ones((2, 7), dtype=bool)
+    others[1, 3] = False
+
+    def error(y: np.ndarray, rows: np.ndarray) -> float:
+        return float(np.abs(y[rows] - exact[rows]).max() / np.abs(exact[rows]).max())
+
+    assert error(results["rowwise"], others) < 0.02
+    assert error(results["rowwise"], ~others) < 0.02
+    assert error(results["per_matrix"], others) > 10 * error(results["rowwise"], others)
 
 
 def test_smoothing_alone_changes_nothing_in_fp32(fp32_bundle: Path, tmp_path: Path) -> None:
