@@ -443,7 +443,8 @@ def cmd_cluster_index(args: argparse.Namespace) -> int:
     )
     print(
         f"this run: {report.documents_written} documents read ({report.documents_unchanged} unchanged, not read), "
-        f"{report.encoded} chunks encoded, {report.reused} reused, {report.removed} removed; "
+        f"{report.encoded} chunks encoded, {report.reused} reused ({report.repeated} repeated in this run), "
+        f"{report.removed} removed; "
         f"{actors}, {report.seconds:.1f} s"
     )
     for failed in pack["failed"][:10]:

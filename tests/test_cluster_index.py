@@ -112,6 +112,10 @@ def test_a_pack_is_what_local_indexing_stores(pack: Path, corpus: Path, int4_bun
     assert result.returncode == 0, result.stderr
 
     mine, theirs = library_rows(imported), library_rows(local)
+    # "ruth again.txt" repeats every chunk of books/ruth.txt: the run encoded each text once.
+    run = report["last_run"]
+    assert run["encoded"] == len(mine["memories"])
+    assert run["repeated"] == run["reused"] == run["chunks"] - run["encoded"] > 10
     assert mine["documents"] == theirs["documents"]
     assert mine["chunks"] == theirs["chunks"] and len(mine["chunks"]) > 50
     assert mine["memories"] == theirs["memories"]  # byte for byte, fp16
@@ -281,3 +285,104 @@ def test_the_job_will_not_write_into_a_folder_that_is_not_a_pack(corpus: Path, i
     code, _, stderr = cluster_index("127.0.0.1:1", int4_bundle, tmp_path / "out", corpus)
     assert code == 1 and "is not empty and not a memory pack: choose another --out" in stderr
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.tex"]
+
+
+def _read_rows(folder: Path, bundle: Path, out: Path):
+    """The job's scan and its reader's rows for `folder`, without Ray: what the assembler gets."""
+    import pyarrow as pa
+
+    from app.cluster.job import ClusterOptions, JobReport, _header, _scan
+    from app.cluster.stages import ReadStage
+    from app.library.pack import PackWriter
+
+    options = ClusterOptions(sources=[folder], bundle=bundle, out=out)
+    report = JobReport()
+    writer = PackWriter(out, _header(options))
+    plan = _scan(options, writer, report)
+    reader = ReadStage(str(bundle / "tokenizer.json"), options.chunk_tokens, [str(folder)], options.include,
+                       options.exclude, ocr=False)  # fmt: skip
+    items = [{"key": key, "root": 0, "path": os.fsencode(path)} for key, (_, path) in enumerate(plan.work)]
+    rows = reader(pa.Table.from_pylist(items)).to_pylist()
+    return options, writer, plan, report, rows
+
+
+def _encoded(row: dict, model, *, repeat: bool = False, error: str | None = None) -> dict:
+    """A reader row as an encoder actor returns it: its memory, or a repeat, or an error."""
+    states = rows = cols = vector = None
+    if not repeat and error is None:
+        memory = model.encode(row["text"]).states
+        states, (rows, cols) = np.ascontiguousarray(memory, dtype=np.float16).tobytes(), memory.shape
+        vector = np.ascontiguousarray(model.embedder.embed([row["text"]])[0], np.float32).tobytes()
+    extra = {"states": states, "rows": rows, "cols": cols, "embedding": vector, "repeat": repeat, "error": error}
+    return {**row, **extra, "actor": 1, "actor_peak_rss_kb": 1}
+
+
+def test_a_repeat_waits_for_the_copy_that_carries_its_memory(int4_bundle: Path, tmp_path: Path) -> None:
+    from app.cluster.job import _Assembler
+    from inference.encoding_model import EncodingModel
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        shutil.copy(KJV / "jonah.txt", folder / name)
+    _, writer, plan, report, rows = _read_rows(folder, int4_bundle, tmp_path / "out.pack")
+    model = EncodingModel.load(int4_bundle, provider="cpu")
+    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
+    assembler = _Assembler(writer, plan, report)
+    # The copy's rows come first, every chunk a repeat: it waits, written only with the original.
+    assert [assembler.add(_encoded(r, model, repeat=True)) for r in second] == [[]] * len(second)
+    written = [path for r in first for path in assembler.add(_encoded(r, model))]
+    assert [Path(p).name for p in written] == ["a.txt", "b.txt"]
+
+    def never(text: str) -> tuple:
+        raise AssertionError("nothing is left to encode in the driver")
+
+    assert assembler.finish(never) == []
+    assert (report.ready, report.encoded, report.repeated) == (2, len(first), len(second))
+    writer.close({})
+
+
+def test_a_repeat_whose_original_failed_is_encoded_by_the_driver(int4_bundle: Path, tmp_path: Path) -> None:
+    from app.cluster.job import _Assembler, _DriverEncoder
+    from app.library.chunking import text_hash
+    from app.library.pack import PackState
+    from inference.encoding_model import EncodingModel
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        shutil.copy(KJV / "ruth.txt", folder / name)
+    _, writer, plan, report, rows = _read_rows(folder, int4_bundle, tmp_path / "out.pack")
+    model = EncodingModel.load(int4_bundle, provider="cpu")
+    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
+    assembler = _Assembler(writer, plan, report)
+    for row in second:
+        assert assembler.add(_encoded(row, model, repeat=True)) == []
+    # The original claimed every text, then failed on its last chunk: none of its memories is written.
+    written = [
+        path
+        for index, row in enumerate(first)
+        for path in assembler.add(
+            _encoded(row, model, error="could not be indexed: out of memory" if index == len(first) - 1 else None)
+        )
+    ]
+    assert [Path(p).name for p in written] == ["a.txt"]
+    assert [Path(p).name for p in assembler.finish(_DriverEncoder(int4_bundle))] == ["b.txt"]
+    assert (report.ready, report.failed, report.repeated) == (1, 1, 0)
+    writer.close({})
+
+    documents, memories = {}, {}
+    for shard in sorted((tmp_path / "out.pack" / "shards").glob("*.sqlite3")):
+        db = sqlite3.connect(shard)
+        for name, state, texts in db.execute(
+            "SELECT d.path, d.state, group_concat(c.text, char(0)) FROM documents d "
+            "LEFT JOIN chunks c ON c.document_id = d.id GROUP BY d.id"
+        ):
+            documents[Path(name).name] = (state, texts.split("\0") if texts else [])
+        memories.update(db.execute("SELECT text_hash, states FROM memories"))
+        db.close()
+    assert documents["a.txt"][0] == PackState.FAILED.value and documents["b.txt"][0] == PackState.READY.value
+    assert len(documents["b.txt"][1]) == len(second) and len(memories) == len(second)
+    for text in documents["b.txt"][1]:
+        memory = model.encode(text).states
+        assert memories[text_hash(text)] == np.ascontiguousarray(memory, dtype=np.float16).tobytes()

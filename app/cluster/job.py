@@ -52,6 +52,7 @@ from app.library.pack import (
 from app.library.scanner import Scanner
 from app.library.states import FINAL_STATES
 from app.library.store import Folder, display_path
+from app.logs import describe_exception
 from inference.bundle import load_manifest
 
 READER_CPUS = 0.0
@@ -100,7 +101,8 @@ class JobReport:
     removed: int = 0
     chunks: int = 0
     encoded: int = 0
-    reused: int = 0  # chunks whose memory the pack already had
+    reused: int = 0  # chunks whose memory the pack already had, or another copy in this run made
+    repeated: int = 0  # of those, chunks whose text another document (or place) of this run had
     seconds: float = 0.0
     pipeline_seconds: float = 0.0  # from the first document sent to the last written
     workers: int = 0
@@ -189,17 +191,57 @@ def _scan(options: ClusterOptions, writer: PackWriter, report: JobReport) -> _Pl
     return plan
 
 
+class ChunkClaims:
+    """The run's ledger of chunk texts taken for encoding, one Ray actor that every encoder actor
+    asks before encoding a batch: the first to claim a text encodes it, later copies (a file
+    copied into two folders, a page repeated across reports) become repeats. Digests only: 32
+    bytes a chunk, ~50 MB for a million chunks."""
+
+    def __init__(self) -> None:
+        self._taken: set[bytes] = set()
+
+    def claim(self, text_hashes: list[str]) -> list[bool]:
+        first = []
+        for text_hash in text_hashes:
+            digest = bytes.fromhex(text_hash)
+            first.append(digest not in self._taken)
+            self._taken.add(digest)
+        return first
+
+
+class _Claim:
+    """What an encoder actor calls: the ledger's answer, through Ray (picklable, unlike a lambda)."""
+
+    def __init__(self, ledger: Any) -> None:
+        self._ledger = ledger
+
+    def __call__(self, text_hashes: list[str]) -> list[bool]:
+        import ray
+
+        return ray.get(self._ledger.claim.remote(text_hashes))
+
+
+@dataclass
+class _Waiting:
+    parts: list[dict[str, Any]]
+    missing: set[str]  # text hashes of repeats whose memory is not in the pack yet
+
+
 class _Assembler:
-    """Puts a document's chunk rows back together and writes it once all have arrived."""
+    """Puts a document's chunk rows back together and writes it once all have arrived and every
+    repeat's memory (made for another copy of its text) is in the pack."""
 
     def __init__(self, writer: PackWriter, plan: _Plan, report: JobReport) -> None:
         self._writer = writer
         self._plan = plan
         self._report = report
         self._parts: dict[int, list[dict[str, Any]]] = {}
+        self._waiting: dict[int, _Waiting] = {}
+        self._waiting_on: dict[str, set[int]] = {}
 
-    def add(self, row: dict[str, Any]) -> str | None:
-        """Returns the path of a document that was completed (and written), else None."""
+    def add(self, row: dict[str, Any]) -> list[str]:
+        """Returns the paths of the documents this row let be written (its own, and those that
+        waited for a memory it carried)."""
         key = int(row["key"])
         self._report.actor_peak_rss_mb[str(row["actor"])] = max(
             self._report.actor_peak_rss_mb.get(str(row["actor"]), 0.0), row["actor_peak_rss_kb"] / 1024
@@ -207,11 +249,59 @@ class _Assembler:
         parts = self._parts.setdefault(key, [])
         parts.append(row)
         if len(parts) < max(1, int(row["chunks"])):
-            return None
+            return []
         del self._parts[key]
-        position, path = self._plan.work[key]
-        self._write(self._plan.root_index[position], path.relative_to(self._plan.roots[position]), parts)
-        return os.fspath(path)
+        carried = {p["text_hash"] for p in parts if p["states"] is not None}
+        missing = {p["text_hash"] for p in parts if p.get("repeat")} - self._writer.memories - carried
+        if missing and parts[0]["state"] == PackState.READY.value and not any(p.get("error") for p in parts):
+            self._waiting[key] = _Waiting(parts, missing)
+            for text_hash in missing:
+                self._waiting_on.setdefault(text_hash, set()).add(key)
+            return []
+        return self._write_and_release(key, parts)
+
+    def finish(self, encode: Callable[[str], tuple[bytes, int, int, bytes | None]]) -> list[str]:
+        """Documents still waiting once every row is in: the copy that claimed their text was not
+        written with its memory (its document failed on another chunk, or an actor died after
+        claiming it). `encode` makes those memories here, from the text the repeat row carries."""
+        written: list[str] = []
+        while self._waiting:
+            key, waiting = next(iter(self._waiting.items()))
+            for part in waiting.parts:
+                if part["text_hash"] in waiting.missing and part["states"] is None:
+                    try:
+                        part["states"], part["rows"], part["cols"], part["embedding"] = encode(part["text"])
+                    except Exception as exc:  # noqa: BLE001 - the document fails, not the job
+                        part["error"] = f"could not be indexed: {describe_exception(exc)}"
+                    waiting.missing.discard(part["text_hash"])
+            self._forget(key)
+            written += self._write_and_release(key, waiting.parts)
+        return written
+
+    def _forget(self, key: int) -> None:
+        waiting = self._waiting.pop(key)
+        for text_hash in waiting.missing:
+            self._waiting_on.get(text_hash, set()).discard(key)
+
+    def _write_and_release(self, key: int, parts: list[dict[str, Any]]) -> list[str]:
+        """Write the document, then every waiting one whose last missing memory it carried."""
+        written = []
+        pending = [(key, parts)]
+        while pending:
+            key, parts = pending.pop()
+            position, path = self._plan.work[key]
+            self._write(self._plan.root_index[position], path.relative_to(self._plan.roots[position]), parts)
+            written.append(os.fspath(path))
+            for text_hash in {p["text_hash"] for p in parts} & self._writer.memories:
+                for other in self._waiting_on.pop(text_hash, set()):
+                    waiting = self._waiting.get(other)
+                    if waiting is None:
+                        continue
+                    waiting.missing.discard(text_hash)
+                    if not waiting.missing:
+                        self._forget(other)
+                        pending.append((other, waiting.parts))
+        return written
 
     def _write(self, root: int, relative: Path, parts: list[dict[str, Any]]) -> None:
         first = parts[0]
@@ -250,6 +340,27 @@ class _Assembler:
         report.chunks += len(chunks)
         report.encoded += sum(p["states"] is not None for p in parts)
         report.reused += sum(p["states"] is None for p in parts)
+        report.repeated += sum(bool(p.get("repeat")) and p["states"] is None for p in parts)
+
+
+class _DriverEncoder:
+    """Encodes a repeat whose claimed copy never reached the pack, here in the driver; the bundle
+    is loaded on first use only (it almost never is)."""
+
+    def __init__(self, bundle: Path | str) -> None:
+        self._bundle = bundle
+        self._model: Any = None
+
+    def __call__(self, text: str) -> tuple[bytes, int, int, bytes | None]:
+        if self._model is None:
+            from inference.encoding_model import EncodingModel
+
+            self._model = EncodingModel.load(self._bundle, provider="cpu")
+        memory = self._model.encode(text).states
+        embedder = self._model.embedder
+        vector = None if embedder is None else np.ascontiguousarray(embedder.embed([text])[0], np.float32).tobytes()
+        rows, cols = memory.shape
+        return np.ascontiguousarray(memory, dtype=np.float16).tobytes(), rows, cols, vector
 
 
 def _resources(ray: Any, options: ClusterOptions, report: JobReport) -> None:
@@ -353,6 +464,7 @@ def _run_pipeline(
                     "threads": report.threads_per_worker,
                     "provider": report.provider,
                     "known": known,
+                    "claim": _Claim(ray.remote(num_cpus=0)(ChunkClaims).remote()),
                 },
                 batch_size=options.encode_batch,
                 batch_format="pyarrow",
@@ -364,17 +476,21 @@ def _run_pipeline(
         assembler = _Assembler(writer, plan, report)
         pipeline_started = time.perf_counter()
         done = 0
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            for row in batch.to_pylist():
-                finished = assembler.add(row)
-                if finished is None:
-                    continue
+
+        def written(paths: list[str]) -> None:
+            nonlocal done
+            for path in paths:
                 done += 1
                 if on_progress is not None:
                     elapsed = time.perf_counter() - pipeline_started
                     on_progress(
-                        JobProgress(done, len(plan.work), report.encoded, report.encoded / max(elapsed, 1e-9), finished)
+                        JobProgress(done, len(plan.work), report.encoded, report.encoded / max(elapsed, 1e-9), path)
                     )
+
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            for row in batch.to_pylist():
+                written(assembler.add(row))
+        written(assembler.finish(_DriverEncoder(options.bundle)))
         report.pipeline_seconds = time.perf_counter() - pipeline_started
     finally:
         if started_here:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import resource
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -56,6 +57,7 @@ ENCODED_FIELDS = [
     ("rows", pa.int32()),
     ("cols", pa.int32()),
     ("embedding", pa.binary()),  # float32 bytes; null without an embedder or when already known
+    ("repeat", pa.bool_()),  # another row of this run encodes the same text: no memory here
     ("error", pa.string()),  # why this chunk could not be encoded (its document fails)
     ("actor", pa.int64()),  # the encoding actor's process id, and its peak RSS so far
     ("actor_peak_rss_kb", pa.int64()),
@@ -151,14 +153,25 @@ class EncodeStage:
 
     The encoder is loaded once, when the actor starts. Chunks whose memory the pack already holds
     (`known`: sorted sha256 digests, shared read-only through Ray's object store) are passed on
-    without encoding: that is what makes a rerun resume instead of starting over.
+    without encoding: that is what makes a rerun resume instead of starting over. `claim` (the
+    run's ledger of chunk texts taken, app/cluster/job.py) says which of the rest this actor
+    encodes first; a text another row of the run has taken (a copied file, a repeated page) is
+    passed on as a repeat, and the driver writes its document once that memory is in the pack.
     """
 
-    def __init__(self, bundle: str, threads: int, provider: str, known: np.ndarray) -> None:
+    def __init__(
+        self,
+        bundle: str,
+        threads: int,
+        provider: str,
+        known: np.ndarray,
+        claim: Callable[[list[str]], list[bool]] | None = None,
+    ) -> None:
         from inference.encoding_model import EncodingModel
 
         self._model = EncodingModel.load(bundle, provider=provider, threads=threads)
         self._known = known
+        self._claim = claim
 
     def _is_known(self, text_hash: str) -> bool:
         if not len(self._known):
@@ -175,6 +188,12 @@ class EncodeStage:
         shapes: list[tuple[int | None, int | None]] = [(None, None)] * count
         errors: list[str | None] = [None] * count
         todo = [i for i in range(count) if texts[i] is not None and not self._is_known(hashes[i])]
+        repeat = [False] * count
+        if todo and self._claim is not None:
+            first = self._claim([hashes[i] for i in todo])
+            for i, taken_here in zip(todo, first, strict=True):
+                repeat[i] = not taken_here
+            todo = [i for i in todo if not repeat[i]]
         for i in todo:
             try:
                 memory = self._model.encode(texts[i]).states
@@ -200,6 +219,7 @@ class EncodeStage:
             "rows": [s[0] for s in shapes],
             "cols": [s[1] for s in shapes],
             "embedding": embeddings,
+            "repeat": repeat,
             "error": errors,
             "actor": [os.getpid()] * count,
             "actor_peak_rss_kb": [peak] * count,
