@@ -133,16 +133,20 @@ def matmul_nbits(
     )
 
 
+def _s8_columns(stem: str, weight: np.ndarray, writer: _DataWriter) -> list[str]:
+    """Write `weight` as s8 with one symmetric scale per output column; returns the two names."""
+    scales = np.abs(weight).max(axis=0) / 127.0
+    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
+    names = [f"{stem}_s8", f"{stem}_scales"]
+    writer.add(names[0], np.clip(np.rint(weight / scales), -127, 127).astype(np.int8), TensorProto.INT8)
+    writer.add(names[1], scales, TensorProto.FLOAT)
+    return names
+
+
 def dynamic_int8(node: NodeProto, weight: np.ndarray, writer: _DataWriter) -> NodeProto:
     """DynamicQuantizeMatMul: s8 weights with one scale per output column, u8 activations
     quantized per call; ONNX Runtime runs it on its VNNI/AVX2 u8 x s8 GEMM."""
-    scales = np.abs(weight).max(axis=0) / 127.0
-    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    quantized = np.clip(np.rint(weight / scales), -127, 127).astype(np.int8)
-    stem = node.input[1]
-    names = [f"{stem}_s8", f"{stem}_scales"]
-    writer.add(names[0], quantized, TensorProto.INT8)
-    writer.add(names[1], scales, TensorProto.FLOAT)
+    names = _s8_columns(node.input[1], weight, writer)
     return helper.make_node(
         "DynamicQuantizeMatMul", [node.input[0], *names], list(node.output), name=f"{node.name}_s8", domain=MS_DOMAIN
     )
@@ -158,10 +162,7 @@ def rowwise_int8(node: NodeProto, weight: np.ndarray, writer: _DataWriter) -> li
     is rescaled by the row's and the column's scale."""
     k, n = weight.shape
     stem, x, name = node.input[1], node.input[0], node.name
-    scales = np.abs(weight).max(axis=0) / 127.0
-    scales = np.where(scales > 0, scales, 1.0).astype(np.float32)
-    writer.add(f"{stem}_s8", np.clip(np.rint(weight / scales), -127, 127).astype(np.int8), TensorProto.INT8)
-    writer.add(f"{stem}_scales", scales, TensorProto.FLOAT)
+    _s8_columns(stem, weight, writer)
 
     def constant(key: str, value: np.ndarray) -> NodeProto:
         return helper.make_node(
@@ -174,23 +175,25 @@ def rowwise_int8(node: NodeProto, weight: np.ndarray, writer: _DataWriter) -> li
     def local(*names: str) -> list[str]:
         return [f"{stem}_{key}" for key in names]
 
-    def reduce(op_type: str, output: str) -> list[NodeProto]:
-        # Reductions take their axes as an input from opset 18, as an attribute before.
-        if writer.opset >= 18:
-            return [op(op_type, local("x2", "row_axis"), output, keepdims=1)]
-        return [op(op_type, local("x2"), output, keepdims=1, axes=[1])]
+    # Reductions take their axes as an input from opset 18, as an attribute before.
+    axes_input = writer.opset >= 18
+
+    def reduce(op_type: str, output: str) -> NodeProto:
+        if axes_input:
+            return op(op_type, local("x2", "row_axis"), output, keepdims=1)
+        return op(op_type, local("x2"), output, keepdims=1, axes=[1])
 
     return [
         constant("rows_k", np.array([-1, k], dtype=np.int64)),
         constant("flat", np.array([-1], dtype=np.int64)),
-        constant("row_axis", np.array([1], dtype=np.int64)),
+        *([constant("row_axis", np.array([1], dtype=np.int64))] if axes_input else []),
         constant("levels", np.array(127.0, dtype=np.float32)),
         constant("floor", np.array(1e-12, dtype=np.float32)),
         constant("zero_point", np.array(128, dtype=np.uint8)),
         constant("n", np.array([n], dtype=np.int64)),
         helper.make_node("Reshape", [x, f"{stem}_rows_k"], [f"{stem}_x2"], name=f"{name}_x2"),
-        *reduce("ReduceMax", "row_max"),
-        *reduce("ReduceMin", "row_min"),
+        reduce("ReduceMax", "row_max"),
+        reduce("ReduceMin", "row_min"),
         op("Neg", local("row_min"), "row_min_neg"),
         op("Max", local("row_max", "row_min_neg", "floor"), "row_abs_max"),
         op("Div", local("row_abs_max", "levels"), "row_scale"),
