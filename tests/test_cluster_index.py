@@ -334,16 +334,43 @@ def test_a_repeat_waits_for_the_copy_that_carries_its_memory(int4_bundle: Path, 
     written = [path for r in first for path in assembler.add(_encoded(r, model))]
     assert [Path(p).name for p in written] == ["a.txt", "b.txt"]
 
-    def never(text: str) -> tuple:
-        raise AssertionError("nothing is left to encode in the driver")
+    def never(texts: list[str]) -> list:
+        raise AssertionError("nothing is left to encode at the end")
 
     assert assembler.finish(never) == []
     assert (report.ready, report.encoded, report.repeated) == (2, len(first), len(second))
     writer.close({})
 
 
-def test_a_repeat_whose_original_failed_is_encoded_by_the_driver(int4_bundle: Path, tmp_path: Path) -> None:
-    from app.cluster.job import _Assembler, _DriverEncoder
+def test_two_copies_that_each_claimed_what_the_other_repeats_release_each_other(
+    int4_bundle: Path, tmp_path: Path
+) -> None:
+    """Batches of one document can go to different actors: a.txt claimed the first chunk's text,
+    b.txt all the others. a.txt waits for them; b.txt borrows a.txt's first memory, and writing
+    b.txt releases a.txt. Every text is encoded once, nothing is left for the end."""
+    from app.cluster.job import _Assembler
+    from inference.encoding_model import EncodingModel
+
+    folder = tmp_path / "share"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        shutil.copy(KJV / "ruth.txt", folder / name)
+    _, writer, plan, report, rows = _read_rows(folder, int4_bundle, tmp_path / "out.pack")
+    model = EncodingModel.load(int4_bundle, provider="cpu")
+    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
+    assembler = _Assembler(writer, plan, report)
+    assert [p for r in first for p in assembler.add(_encoded(r, model, repeat=r["ordinal"] > 0))] == []
+    written = [p for r in second for p in assembler.add(_encoded(r, model, repeat=r["ordinal"] == 0))]
+    assert sorted(Path(p).name for p in written) == ["a.txt", "b.txt"]
+    assert assembler.finish(lambda texts: pytest.fail("nothing is left to encode at the end")) == []
+    assert (report.ready, report.encoded, report.repeated) == (2, len(first), len(first))
+    assert len(writer.memories) == len(first)
+    writer.close({})
+
+
+def test_a_repeat_whose_original_failed_is_encoded_at_the_end(int4_bundle: Path, tmp_path: Path) -> None:
+    from app.cluster.job import _Assembler
+    from app.cluster.stages import encode_texts
     from app.library.chunking import text_hash
     from app.library.pack import PackState
     from inference.encoding_model import EncodingModel
@@ -367,7 +394,8 @@ def test_a_repeat_whose_original_failed_is_encoded_by_the_driver(int4_bundle: Pa
         )
     ]
     assert [Path(p).name for p in written] == ["a.txt"]
-    assert [Path(p).name for p in assembler.finish(_DriverEncoder(int4_bundle))] == ["b.txt"]
+    left = assembler.finish(lambda texts: encode_texts(str(int4_bundle), 2, "cpu", texts))
+    assert [Path(p).name for p in left] == ["b.txt"]
     assert (report.ready, report.failed, report.repeated) == (1, 1, 0)
     writer.close({})
 

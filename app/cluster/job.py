@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from app.cluster import ClusterError
-from app.cluster.stages import GONE, EncodeStage, ReadStage
+from app.cluster.stages import GONE, EncodeStage, ReadStage, encode_texts
 from app.library.chunking import DEFAULT_CHUNK_TOKENS
 from app.library.filters import DEFAULT_EXCLUDE, DEFAULT_INCLUDE
 from app.library.pack import (
@@ -194,8 +194,8 @@ def _scan(options: ClusterOptions, writer: PackWriter, report: JobReport) -> _Pl
 class ChunkClaims:
     """The run's ledger of chunk texts taken for encoding, one Ray actor that every encoder actor
     asks before encoding a batch: the first to claim a text encodes it, later copies (a file
-    copied into two folders, a page repeated across reports) become repeats. Digests only: 32
-    bytes a chunk, ~50 MB for a million chunks."""
+    copied into two folders, a page repeated across reports) become repeats. Digests only:
+    about 100 bytes a chunk in a Python set, ~100 MB for a million chunks."""
 
     def __init__(self) -> None:
         self._taken: set[bytes] = set()
@@ -229,7 +229,11 @@ class _Waiting:
 
 class _Assembler:
     """Puts a document's chunk rows back together and writes it once all have arrived and every
-    repeat's memory (made for another copy of its text) is in the pack."""
+    repeat's memory (made for another copy of its text) is in the pack or held here.
+
+    A document waits only for texts whose first copy has not arrived yet: a memory that a waiting
+    document carries is lent to the others (`_held`), so two documents that each claimed a text
+    the other repeats release each other as soon as the second arrives."""
 
     def __init__(self, writer: PackWriter, plan: _Plan, report: JobReport) -> None:
         self._writer = writer
@@ -238,6 +242,7 @@ class _Assembler:
         self._parts: dict[int, list[dict[str, Any]]] = {}
         self._waiting: dict[int, _Waiting] = {}
         self._waiting_on: dict[str, set[int]] = {}
+        self._held: dict[str, dict[str, Any]] = {}  # text hash -> a waiting document's part with its memory
 
     def add(self, row: dict[str, Any]) -> list[str]:
         """Returns the paths of the documents this row let be written (its own, and those that
@@ -251,29 +256,52 @@ class _Assembler:
         if len(parts) < max(1, int(row["chunks"])):
             return []
         del self._parts[key]
-        carried = {p["text_hash"] for p in parts if p["states"] is not None}
-        missing = {p["text_hash"] for p in parts if p.get("repeat")} - self._writer.memories - carried
+        missing = self._missing(parts)
         if missing and parts[0]["state"] == PackState.READY.value and not any(p.get("error") for p in parts):
             self._waiting[key] = _Waiting(parts, missing)
             for text_hash in missing:
                 self._waiting_on.setdefault(text_hash, set()).add(key)
+            for part in parts:
+                if part["states"] is not None:
+                    self._held.setdefault(part["text_hash"], part)
             return []
         return self._write_and_release(key, parts)
 
-    def finish(self, encode: Callable[[str], tuple[bytes, int, int, bytes | None]]) -> list[str]:
+    def _missing(self, parts: list[dict[str, Any]]) -> set[str]:
+        """The repeats' texts whose memory is neither in the pack, in these parts, nor held."""
+        carried = {p["text_hash"] for p in parts if p["states"] is not None}
+        repeats = {p["text_hash"] for p in parts if p.get("repeat")}
+        return repeats - self._writer.memories - carried - self._held.keys()
+
+    def finish(self, encode: Callable[[list[str]], list[tuple[bytes, int, int, bytes | None] | str]]) -> list[str]:
         """Documents still waiting once every row is in: the copy that claimed their text was not
         written with its memory (its document failed on another chunk, or an actor died after
-        claiming it). `encode` makes those memories here, from the text the repeat row carries."""
+        claiming it). `encode` makes those memories (or says why not, as a string), on the
+        cluster, from the texts the repeat rows carry."""
+        texts: dict[str, str] = {}
+        for waiting in self._waiting.values():
+            for part in waiting.parts:
+                if part["text_hash"] in waiting.missing:
+                    texts.setdefault(part["text_hash"], part["text"])
+        made: dict[str, tuple[bytes, int, int, bytes | None] | str] = {}
+        if texts:
+            try:
+                made = dict(zip(texts, encode(list(texts.values())), strict=True))
+            except Exception as exc:  # noqa: BLE001 - those documents fail, not the job
+                made = dict.fromkeys(texts, f"could not be indexed: {describe_exception(exc)}")
         written: list[str] = []
         while self._waiting:
             key, waiting = next(iter(self._waiting.items()))
             for part in waiting.parts:
-                if part["text_hash"] in waiting.missing and part["states"] is None:
-                    try:
-                        part["states"], part["rows"], part["cols"], part["embedding"] = encode(part["text"])
-                    except Exception as exc:  # noqa: BLE001 - the document fails, not the job
-                        part["error"] = f"could not be indexed: {describe_exception(exc)}"
-                    waiting.missing.discard(part["text_hash"])
+                text_hash = part["text_hash"]
+                if text_hash not in waiting.missing or text_hash in self._writer.memories:
+                    continue
+                result = made[text_hash]
+                if isinstance(result, str):
+                    part["error"] = result
+                else:
+                    part["states"], part["rows"], part["cols"], part["embedding"] = result
+                waiting.missing.discard(text_hash)
             self._forget(key)
             written += self._write_and_release(key, waiting.parts)
         return written
@@ -282,6 +310,9 @@ class _Assembler:
         waiting = self._waiting.pop(key)
         for text_hash in waiting.missing:
             self._waiting_on.get(text_hash, set()).discard(key)
+        for part in waiting.parts:
+            if self._held.get(part["text_hash"]) is part:
+                del self._held[part["text_hash"]]
 
     def _write_and_release(self, key: int, parts: list[dict[str, Any]]) -> list[str]:
         """Write the document, then every waiting one whose last missing memory it carried."""
@@ -327,12 +358,11 @@ class _Assembler:
             )
             for p in parts
         )
-        memories = {
-            p["text_hash"]: PackMemory(p["states"], p["rows"], p["cols"], p["token_count"])
-            for p in parts
-            if p["states"] is not None
-        }
-        embeddings = {p["text_hash"]: p["embedding"] for p in parts if p["embedding"] is not None}
+        # A repeat whose first copy waits here (it waits for another text) borrows that copy's memory.
+        lent = [self._held[h] for h in {p["text_hash"] for p in parts} - self._writer.memories if h in self._held]
+        sources = [p for p in parts if p["states"] is not None] + lent
+        memories = {p["text_hash"]: PackMemory(p["states"], p["rows"], p["cols"], p["token_count"]) for p in sources}
+        embeddings = {p["text_hash"]: p["embedding"] for p in sources if p["embedding"] is not None}
         self._writer.add(
             PackDocument(root, relative, state, note=first["note"], chunks=chunks, **facts), memories, embeddings
         )
@@ -341,26 +371,6 @@ class _Assembler:
         report.encoded += sum(p["states"] is not None for p in parts)
         report.reused += sum(p["states"] is None for p in parts)
         report.repeated += sum(bool(p.get("repeat")) and p["states"] is None for p in parts)
-
-
-class _DriverEncoder:
-    """Encodes a repeat whose claimed copy never reached the pack, here in the driver; the bundle
-    is loaded on first use only (it almost never is)."""
-
-    def __init__(self, bundle: Path | str) -> None:
-        self._bundle = bundle
-        self._model: Any = None
-
-    def __call__(self, text: str) -> tuple[bytes, int, int, bytes | None]:
-        if self._model is None:
-            from inference.encoding_model import EncodingModel
-
-            self._model = EncodingModel.load(self._bundle, provider="cpu")
-        memory = self._model.encode(text).states
-        embedder = self._model.embedder
-        vector = None if embedder is None else np.ascontiguousarray(embedder.embed([text])[0], np.float32).tobytes()
-        rows, cols = memory.shape
-        return np.ascontiguousarray(memory, dtype=np.float16).tobytes(), rows, cols, vector
 
 
 def _resources(ray: Any, options: ClusterOptions, report: JobReport) -> None:
@@ -490,7 +500,17 @@ def _run_pipeline(
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 written(assembler.add(row))
-        written(assembler.finish(_DriverEncoder(options.bundle)))
+        encode_on_cluster = ray.remote(num_cpus=report.cpus_per_worker, num_gpus=report.gpus_per_worker or 0)(
+            encode_texts
+        )
+        bundle = os.fspath(Path(options.bundle).expanduser().resolve())
+        written(
+            assembler.finish(
+                lambda texts: ray.get(
+                    encode_on_cluster.remote(bundle, report.threads_per_worker, report.provider, texts)
+                )
+            )
+        )
         report.pipeline_seconds = time.perf_counter() - pipeline_started
     finally:
         if started_here:

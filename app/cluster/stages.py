@@ -20,6 +20,7 @@ import os
 import resource
 from collections.abc import Callable
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pyarrow as pa
@@ -30,6 +31,9 @@ from app.library.ocr import OcrOptions
 from app.library.states import DocumentState
 from app.logs import describe_exception
 from inference.bundle import file_digest
+
+if TYPE_CHECKING:
+    from inference.encoding_model import EncodingModel
 
 GONE = "gone"  # the file vanished between the scan and the read: nothing to record
 
@@ -196,10 +200,8 @@ class EncodeStage:
             todo = [i for i in todo if not repeat[i]]
         for i in todo:
             try:
-                memory = self._model.encode(texts[i]).states
-                # As Store.put_memory writes it: the pack's bytes are the library's bytes.
-                states[i] = np.ascontiguousarray(memory, dtype=np.float16).tobytes()
-                shapes[i] = memory.shape
+                states[i], *shape = memory_bytes(self._model, texts[i])
+                shapes[i] = (shape[0], shape[1])
             except Exception as exc:  # noqa: BLE001 - the chunk's document fails, not the job
                 errors[i] = f"could not be indexed: {describe_exception(exc)}"
         embeddings: list[bytes | None] = [None] * count
@@ -227,3 +229,31 @@ class EncodeStage:
         for name, kind in ENCODED_FIELDS:
             batch = batch.append_column(pa.field(name, kind), pa.array(columns[name], type=kind))
         return batch
+
+
+def memory_bytes(model: EncodingModel, text: str) -> tuple[bytes, int, int]:
+    """A chunk's memory as Store.put_memory writes it (fp16), so the pack's bytes are the library's."""
+    memory = model.encode(text).states
+    return np.ascontiguousarray(memory, dtype=np.float16).tobytes(), memory.shape[0], memory.shape[1]
+
+
+def encode_texts(
+    bundle: str, threads: int, provider: str, texts: list[str]
+) -> list[tuple[bytes, int, int, bytes | None] | str]:
+    """Memory bytes, shape and embedding of each text, or why it could not be encoded: the
+    job's last step, for repeats whose claimed copy never reached the pack. Run where an encoder
+    actor would run (a Ray task with its resources), since the bundle may need a GPU."""
+    from inference.encoding_model import EncodingModel
+
+    model = EncodingModel.load(bundle, provider=provider, threads=threads)
+    results: list[tuple[bytes, int, int, bytes | None] | str] = []
+    for text in texts:
+        try:
+            states, rows, cols = memory_bytes(model, text)
+            vector = None
+            if model.embedder is not None:
+                vector = np.ascontiguousarray(model.embedder.embed([text])[0], dtype=np.float32).tobytes()
+            results.append((states, rows, cols, vector))
+        except Exception as exc:  # noqa: BLE001 - that document fails, not the job
+            results.append(f"could not be indexed: {describe_exception(exc)}")
+    return results
