@@ -12,8 +12,8 @@
 
 The memory is the encoder's final states at the last 32 positions (the [memory_i] slots).
 
-The int8 encoder is calibrated on King James text (onnx_export/calibration.txt), so its SmolLM2
-figures on King James flatter it; `--text` measures on other text instead:
+SmolLM2's figures come from King James text unless `--text` names other files: a check on text
+that no choice here was made on (the converter calibrates on seeded random tokens):
 
     python -m benchmarks.encoder_deviation --text '/tmp/qa/debian-faq/docs/*.txt' [--variants fp32 int8 ...]
 """

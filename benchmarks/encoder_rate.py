@@ -114,14 +114,23 @@ def update_latest(path: Path, encoder: dict) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.encoder_rate")
-    parser.add_argument("--bundle", type=Path, required=True)
+    parser.add_argument("--bundle", type=Path, nargs="+", required=True, help="several: measured in turn, each run")
     parser.add_argument("--chunks", type=int, default=6)
+    parser.add_argument("--runs", type=int, default=1, help="repeat the whole measurement (a spread, not one draw)")
+    parser.add_argument("--json", type=Path, help="every run of every bundle, as a list")
     parser.add_argument("--update-latest", type=Path, nargs="?", const=RESULTS / "latest.json", metavar="JSON")
     args = parser.parse_args(argv)
-    result = measure(args.bundle, args.chunks)
-    print(json.dumps(result))
+    runs = []
+    for run in range(args.runs):
+        for bundle in args.bundle:
+            result = measure(bundle, args.chunks)
+            runs.append({"run": run, "bundle": str(bundle), **result})
+            print(json.dumps(result), flush=True)
+    if args.json:
+        args.json.write_text(json.dumps(runs, indent=1) + "\n", encoding="utf-8")
     if args.update_latest:
-        update_latest(args.update_latest, result)
+        last = next(r for r in reversed(runs) if r["bundle"] == str(args.bundle[0]))
+        update_latest(args.update_latest, {k: v for k, v in last.items() if k not in ("run", "bundle")})
     return 0
 
 

@@ -7,9 +7,9 @@ is exported: the transformer to ONNX with torch (the only place it is needed), p
 normalisation are done at run time in numpy (`inference/embedder.py`).
 
 The embedder always runs on the CPU, so its weight products are int8 (`quantize_embedder`):
-with the int8 Dolphin encoder at ~270 ms a chunk, the fp32 MiniLM's 15-16 ms made indexing
-5.7-6.4 % slower, past the 5 % retrieval may cost; int8 takes 11 ms (benchmarks/README.md,
-"Embedder precision").
+beside the int8 Dolphin encoder (~280 ms a chunk) the fp32 MiniLM's 17 ms made indexing 5.7 %
+slower, past the 5 % retrieval may cost; int8 takes 10 ms, 3.6 % (benchmarks/README.md,
+"Embedder precision"; benchmarks/results/retrieval-speed.json).
 """
 
 from __future__ import annotations
@@ -86,10 +86,7 @@ def describe(source: Path) -> dict:
 def export_embedder(
     id_or_folder: str, bundle: Path, progress: Callable[[str], None] = lambda message: None
 ) -> EmbedderInfo:
-    """Write `embedder/model.onnx` and `embedder/tokenizer.json` into `bundle`."""
-    import torch
-    from transformers import AutoModel
-
+    """Write `embedder/model.onnx` (int8) and `embedder/tokenizer.json` into `bundle`."""
     source = resolve_embedder(id_or_folder)
     facts = describe(source)
     out = Path(bundle) / EMBEDDER_FOLDER
@@ -97,41 +94,13 @@ def export_embedder(
         shutil.rmtree(out)
     out.mkdir(parents=True)
     progress(f"exporting the embedder {id_or_folder}")
-    model = AutoModel.from_pretrained(str(source), torch_dtype=torch.float32, attn_implementation="eager")
-    model.eval()
-    uses_token_types = "token_type_ids" in model.forward.__code__.co_varnames
-
-    class Wrapper(torch.nn.Module):
-        def __init__(self) -> None:
-            super().__init__()
-            self.inner = model
-
-        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
-            extra = {"token_type_ids": torch.zeros_like(input_ids)} if uses_token_types else {}
-            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
-
-    example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
     fp32 = out / "model-fp32.onnx"
-    with torch.no_grad():
-        torch.onnx.export(
-            Wrapper(),
-            example,
-            str(fp32),
-            input_names=["input_ids", "attention_mask"],
-            output_names=["last_hidden_state"],
-            dynamic_axes={
-                "input_ids": {0: "batch", 1: "sequence"},
-                "attention_mask": {0: "batch", 1: "sequence"},
-                "last_hidden_state": {0: "batch", 1: "sequence"},
-            },
-            opset_version=17,
-            dynamo=False,
-        )
+    hidden_size = export_transformer(source, fp32)
     progress("quantizing the embedder to int8")
     quantize_embedder(fp32, out / "model.onnx")
     fp32.unlink()
     shutil.copyfile(source / "tokenizer.json", out / "tokenizer.json")
-    dim = facts["dim"] or int(model.config.hidden_size)
+    dim = facts["dim"] or hidden_size
     weights = file_digest(out / "model.onnx") + file_digest(out / "model.onnx.data")
     digest = hashlib.sha256((weights + json.dumps(facts, sort_keys=True)).encode())
     return EmbedderInfo(
@@ -148,11 +117,49 @@ def export_embedder(
     )
 
 
+def export_transformer(source: Path, target: Path) -> int:
+    """The sentence-transformers folder's transformer as an fp32 ONNX graph at `target`
+    (input_ids, attention_mask -> last_hidden_state); returns its hidden size."""
+    import torch
+    from transformers import AutoModel
+
+    model = AutoModel.from_pretrained(str(source), torch_dtype=torch.float32, attn_implementation="eager")
+    model.eval()
+    uses_token_types = "token_type_ids" in model.forward.__code__.co_varnames
+
+    class Wrapper(torch.nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = model
+
+        def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+            extra = {"token_type_ids": torch.zeros_like(input_ids)} if uses_token_types else {}
+            return self.inner(input_ids=input_ids, attention_mask=attention_mask, **extra).last_hidden_state
+
+    example = (torch.ones(2, 8, dtype=torch.int64), torch.ones(2, 8, dtype=torch.int64))
+    with torch.no_grad():
+        torch.onnx.export(
+            Wrapper(),
+            example,
+            str(target),
+            input_names=["input_ids", "attention_mask"],
+            output_names=["last_hidden_state"],
+            dynamic_axes={
+                "input_ids": {0: "batch", 1: "sequence"},
+                "attention_mask": {0: "batch", 1: "sequence"},
+                "last_hidden_state": {0: "batch", 1: "sequence"},
+            },
+            opset_version=17,
+            dynamo=False,
+        )
+    return int(model.config.hidden_size)
+
+
 def quantize_embedder(source: Path, target: Path) -> None:
     """Every weight product as int8 with activations quantized per row (`rowwise_int8`): on
     all-MiniLM-L6-v2 over 120 FAQ answers, pooled embeddings at cosine 0.998 mean / 0.996 worst
-    from fp32 and 1.4x faster. One scale per matrix (DynamicQuantizeMatMul) was 1.1x faster
-    still but 3x further from fp32 (0.9945 / 0.989)."""
+    from fp32 and 1.7x faster (benchmarks/embedder_precision.py). One scale per matrix
+    (DynamicQuantizeMatMul) was 1.2x faster still but 3x further from fp32 (0.9945 / 0.989)."""
     from onnx_export.quantize import rewrite_matmuls, rowwise_int8
 
     rewrite_matmuls(source, target, lambda node, weight, _producer, writer: rowwise_int8(node, weight, writer))

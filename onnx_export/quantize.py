@@ -207,7 +207,8 @@ def rowwise_int8(node: NodeProto, weight: np.ndarray, writer: _DataWriter) -> li
         op("Mul", local("product_rows", "scales"), "y2"),
         op("Shape", [x], "x_shape", end=-1),
         op("Concat", local("x_shape", "n"), "y_shape", axis=0),
-        helper.make_node("Reshape", local("y2", "y_shape"), list(node.output), name=f"{name}_rowwise"),
+        # allowzero: an empty sequence's 0 is a size here, not "copy the input's dimension".
+        helper.make_node("Reshape", local("y2", "y_shape"), list(node.output), name=f"{name}_rowwise", allowzero=1),
     ]
 
 

@@ -101,7 +101,7 @@ def test_the_int8_encoder_runs_on_int8_kernels(encoder_bundles: dict[str, Path])
     assert all(n.input[1] in weights and n.input[1].endswith("_s8") for n in integer)
 
 
-def _one_matmul(path: Path, weight: np.ndarray) -> None:
+def _one_matmul(path: Path, weight: np.ndarray, opset: int = 21) -> None:
     k, n = weight.shape
     graph = helper.make_graph(
         [helper.make_node("MatMul", ["x", "w"], ["y"], name="/model/layers.0/mlp/down_proj/MatMul")],
@@ -110,10 +110,11 @@ def _one_matmul(path: Path, weight: np.ndarray) -> None:
         [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", "sequence", n])],
         [onnx.numpy_helper.from_array(weight, "w")],
     )
-    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 21)]), str(path))
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", opset)]), str(path))
 
 
-def test_rowwise_int8_gives_each_token_its_own_scale(tmp_path: Path) -> None:
+@pytest.mark.parametrize("opset", [17, 21])  # the embedder's export, the encoder's: reductions differ
+def test_rowwise_int8_gives_each_token_its_own_scale(tmp_path: Path, opset: int) -> None:
     """A token whose inputs are 500x the others' (a trained down projection has such tokens) costs
     the other tokens nothing: each row is quantized with its own scale. One scale for the whole
     matrix, as DynamicQuantizeMatMul uses, flattens them. Any batch and sequence shape runs."""
@@ -126,7 +127,7 @@ def test_rowwise_int8_gives_each_token_its_own_scale(tmp_path: Path) -> None:
     x = rng.standard_normal((2, 7, 64)).astype(np.float32)
     x[1, 3] *= 500
     source = tmp_path / "fp32.onnx"
-    _one_matmul(source, weight)
+    _one_matmul(source, weight, opset)
     results = {}
     for name, rule in {"rowwise": rowwise_int8, "per_matrix": dynamic_int8}.items():
         target = tmp_path / f"{name}.onnx"
@@ -144,6 +145,14 @@ def test_rowwise_int8_gives_each_token_its_own_scale(tmp_path: Path) -> None:
     assert error(results["rowwise"], others) < 0.02
     assert error(results["rowwise"], ~others) < 0.02
     assert error(results["per_matrix"], others) > 10 * error(results["rowwise"], others)
+
+    session = ort.InferenceSession(str(tmp_path / "rowwise.onnx"), providers=["CPUExecutionProvider"])
+    for shape in [(1, 1, 64), (3, 1, 64), (1, 9, 64), (1, 0, 64)]:
+        rows = rng.standard_normal(shape).astype(np.float32)
+        y = session.run(None, {"x": rows})[0]
+        assert y.shape == (*shape[:2], 24)
+        np.testing.assert_allclose(y, rows @ weight, atol=0.02 * max(1.0, float(np.abs(rows @ weight).max(initial=0))))
+    assert not session.run(None, {"x": np.zeros((2, 3, 64), np.float32)})[0].any()
 
 
 def test_smoothing_alone_changes_nothing_in_fp32(fp32_bundle: Path, tmp_path: Path) -> None:
