@@ -414,3 +414,25 @@ def test_a_repeat_whose_original_failed_is_encoded_at_the_end(int4_bundle: Path,
     for text in documents["b.txt"][1]:
         memory = model.encode(text).states
         assert memories[text_hash(text)] == np.ascontiguousarray(memory, dtype=np.float16).tobytes()
+
+
+def test_the_last_step_encodes_on_the_cluster_as_an_actor_would(ray_address: str, int4_bundle: Path) -> None:
+    """The end-of-run fallback is a Ray task with an encoder actor's resources: its memories are
+    the bytes an actor (and the desktop) makes."""
+    import ray
+
+    from app.cluster.job import ClusterOptions, JobReport, _encoder_on_cluster
+    from app.cluster.stages import memory_bytes
+    from inference.encoding_model import EncodingModel
+
+    report = JobReport(cpus_per_worker=1, threads_per_worker=1, provider="cpu")
+    texts = ["The keeper of the Bell Rock lit the lamp at dusk.", "Ruth gleaned in the field of Boaz."]
+    ray.init(address=ray_address, log_to_driver=False)
+    try:
+        made = _encoder_on_cluster(ray, ClusterOptions([], int4_bundle, Path("unused")), report)(texts)
+    finally:
+        ray.shutdown()
+    model = EncodingModel.load(int4_bundle, provider="cpu", threads=1)
+    for text, (states, rows, cols, vector) in zip(texts, made, strict=True):
+        assert (states, rows, cols) == memory_bytes(model, text)
+        np.testing.assert_allclose(np.frombuffer(vector, np.float32), model.embedder.embed([text])[0], atol=1e-6)

@@ -373,6 +373,16 @@ class _Assembler:
         report.repeated += sum(bool(p.get("repeat")) and p["states"] is None for p in parts)
 
 
+def _encoder_on_cluster(
+    ray: Any, options: ClusterOptions, report: JobReport
+) -> Callable[[list[str]], list[tuple[bytes, int, int, bytes | None] | str]]:
+    """`encode_texts` as one Ray task with an encoder actor's resources: the job's last step,
+    where the bundle runs as the actors run it (a GPU bundle cannot load in a CPU-only driver)."""
+    task = ray.remote(num_cpus=report.cpus_per_worker, num_gpus=report.gpus_per_worker or 0)(encode_texts)
+    bundle = os.fspath(Path(options.bundle).expanduser().resolve())
+    return lambda texts: ray.get(task.remote(bundle, report.threads_per_worker, report.provider, texts))
+
+
 def _resources(ray: Any, options: ClusterOptions, report: JobReport) -> None:
     """How many encoder actors, of what size, on what device."""
     resources = ray.cluster_resources()
@@ -500,17 +510,7 @@ def _run_pipeline(
         for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
             for row in batch.to_pylist():
                 written(assembler.add(row))
-        encode_on_cluster = ray.remote(num_cpus=report.cpus_per_worker, num_gpus=report.gpus_per_worker or 0)(
-            encode_texts
-        )
-        bundle = os.fspath(Path(options.bundle).expanduser().resolve())
-        written(
-            assembler.finish(
-                lambda texts: ray.get(
-                    encode_on_cluster.remote(bundle, report.threads_per_worker, report.provider, texts)
-                )
-            )
-        )
+        written(assembler.finish(_encoder_on_cluster(ray, options, report)))
         report.pipeline_seconds = time.perf_counter() - pipeline_started
     finally:
         if started_here:
