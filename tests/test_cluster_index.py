@@ -12,7 +12,9 @@ import os
 import shutil
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -287,59 +289,65 @@ def test_the_job_will_not_write_into_a_folder_that_is_not_a_pack(corpus: Path, i
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["thesis.tex"]
 
 
-def _read_rows(folder: Path, bundle: Path, out: Path):
-    """The job's scan and its reader's rows for `folder`, without Ray: what the assembler gets."""
+@dataclass
+class _TwoCopies:
+    """Two copies of one KJV book as the job's driver meets them, without Ray: the scan, the
+    reader's rows of each copy (`first` is a.txt's, `second` b.txt's), and an assembler."""
+
+    writer: Any
+    report: Any
+    model: Any
+    first: list[dict]
+    second: list[dict]
+    assembler: Any
+
+
+def _two_copies(book: str, bundle: Path, tmp_path: Path) -> _TwoCopies:
     import pyarrow as pa
 
-    from app.cluster.job import ClusterOptions, JobReport, _header, _scan
+    from app.cluster.job import ClusterOptions, JobReport, _Assembler, _header, _scan
     from app.cluster.stages import ReadStage
     from app.library.pack import PackWriter
+    from inference.encoding_model import EncodingModel
 
-    options = ClusterOptions(sources=[folder], bundle=bundle, out=out)
+    folder = tmp_path / "share"
+    folder.mkdir()
+    for name in ("a.txt", "b.txt"):
+        shutil.copy(KJV / book, folder / name)
+    options = ClusterOptions(sources=[folder], bundle=bundle, out=tmp_path / "out.pack")
     report = JobReport()
-    writer = PackWriter(out, _header(options))
+    writer = PackWriter(options.out, _header(options))
     plan = _scan(options, writer, report)
     reader = ReadStage(str(bundle / "tokenizer.json"), options.chunk_tokens, [str(folder)], options.include,
                        options.exclude, ocr=False)  # fmt: skip
     items = [{"key": key, "root": 0, "path": os.fsencode(path)} for key, (_, path) in enumerate(plan.work)]
     rows = reader(pa.Table.from_pylist(items)).to_pylist()
-    return options, writer, plan, report, rows
+    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
+    model = EncodingModel.load(bundle, provider="cpu")
+    return _TwoCopies(writer, report, model, first, second, _Assembler(writer, plan, report))
 
 
 def _encoded(row: dict, model, *, repeat: bool = False, error: str | None = None) -> dict:
     """A reader row as an encoder actor returns it: its memory, or a repeat, or an error."""
+    from app.cluster.stages import memory_bytes
+
     states = rows = cols = vector = None
     if not repeat and error is None:
-        memory = model.encode(row["text"]).states
-        states, (rows, cols) = np.ascontiguousarray(memory, dtype=np.float16).tobytes(), memory.shape
+        states, rows, cols = memory_bytes(model, row["text"])
         vector = np.ascontiguousarray(model.embedder.embed([row["text"]])[0], np.float32).tobytes()
     extra = {"states": states, "rows": rows, "cols": cols, "embedding": vector, "repeat": repeat, "error": error}
     return {**row, **extra, "actor": 1, "actor_peak_rss_kb": 1}
 
 
 def test_a_repeat_waits_for_the_copy_that_carries_its_memory(int4_bundle: Path, tmp_path: Path) -> None:
-    from app.cluster.job import _Assembler
-    from inference.encoding_model import EncodingModel
-
-    folder = tmp_path / "share"
-    folder.mkdir()
-    for name in ("a.txt", "b.txt"):
-        shutil.copy(KJV / "jonah.txt", folder / name)
-    _, writer, plan, report, rows = _read_rows(folder, int4_bundle, tmp_path / "out.pack")
-    model = EncodingModel.load(int4_bundle, provider="cpu")
-    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
-    assembler = _Assembler(writer, plan, report)
+    job = _two_copies("jonah.txt", int4_bundle, tmp_path)
     # The copy's rows come first, every chunk a repeat: it waits, written only with the original.
-    assert [assembler.add(_encoded(r, model, repeat=True)) for r in second] == [[]] * len(second)
-    written = [path for r in first for path in assembler.add(_encoded(r, model))]
+    assert [job.assembler.add(_encoded(r, job.model, repeat=True)) for r in job.second] == [[]] * len(job.second)
+    written = [path for r in job.first for path in job.assembler.add(_encoded(r, job.model))]
     assert [Path(p).name for p in written] == ["a.txt", "b.txt"]
-
-    def never(texts: list[str]) -> list:
-        raise AssertionError("nothing is left to encode at the end")
-
-    assert assembler.finish(never) == []
-    assert (report.ready, report.encoded, report.repeated) == (2, len(first), len(second))
-    writer.close({})
+    assert job.assembler.finish(lambda texts: pytest.fail("nothing is left to encode at the end")) == []
+    assert (job.report.ready, job.report.encoded, job.report.repeated) == (2, len(job.first), len(job.second))
+    job.writer.close({})
 
 
 def test_two_copies_that_each_claimed_what_the_other_repeats_release_each_other(
@@ -348,56 +356,38 @@ def test_two_copies_that_each_claimed_what_the_other_repeats_release_each_other(
     """Batches of one document can go to different actors: a.txt claimed the first chunk's text,
     b.txt all the others. a.txt waits for them; b.txt borrows a.txt's first memory, and writing
     b.txt releases a.txt. Every text is encoded once, nothing is left for the end."""
-    from app.cluster.job import _Assembler
-    from inference.encoding_model import EncodingModel
-
-    folder = tmp_path / "share"
-    folder.mkdir()
-    for name in ("a.txt", "b.txt"):
-        shutil.copy(KJV / "ruth.txt", folder / name)
-    _, writer, plan, report, rows = _read_rows(folder, int4_bundle, tmp_path / "out.pack")
-    model = EncodingModel.load(int4_bundle, provider="cpu")
-    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
-    assembler = _Assembler(writer, plan, report)
-    assert [p for r in first for p in assembler.add(_encoded(r, model, repeat=r["ordinal"] > 0))] == []
-    written = [p for r in second for p in assembler.add(_encoded(r, model, repeat=r["ordinal"] == 0))]
+    job = _two_copies("ruth.txt", int4_bundle, tmp_path)
+    assert [p for r in job.first for p in job.assembler.add(_encoded(r, job.model, repeat=r["ordinal"] > 0))] == []
+    written = [p for r in job.second for p in job.assembler.add(_encoded(r, job.model, repeat=r["ordinal"] == 0))]
     assert sorted(Path(p).name for p in written) == ["a.txt", "b.txt"]
-    assert assembler.finish(lambda texts: pytest.fail("nothing is left to encode at the end")) == []
-    assert (report.ready, report.encoded, report.repeated) == (2, len(first), len(first))
-    assert len(writer.memories) == len(first)
-    writer.close({})
+    assert job.assembler.finish(lambda texts: pytest.fail("nothing is left to encode at the end")) == []
+    assert (job.report.ready, job.report.encoded, job.report.repeated) == (2, len(job.first), len(job.first))
+    assert len(job.writer.memories) == len(job.first)
+    job.writer.close({})
 
 
 def test_a_repeat_whose_original_failed_is_encoded_at_the_end(int4_bundle: Path, tmp_path: Path) -> None:
-    from app.cluster.job import _Assembler
-    from app.cluster.stages import encode_texts
+    from app.cluster.stages import encode_texts, memory_bytes
     from app.library.chunking import text_hash
     from app.library.pack import PackState
-    from inference.encoding_model import EncodingModel
 
-    folder = tmp_path / "share"
-    folder.mkdir()
-    for name in ("a.txt", "b.txt"):
-        shutil.copy(KJV / "ruth.txt", folder / name)
-    _, writer, plan, report, rows = _read_rows(folder, int4_bundle, tmp_path / "out.pack")
-    model = EncodingModel.load(int4_bundle, provider="cpu")
-    first, second = ([r for r in rows if r["key"] == key] for key in (0, 1))
-    assembler = _Assembler(writer, plan, report)
-    for row in second:
-        assert assembler.add(_encoded(row, model, repeat=True)) == []
+    job = _two_copies("ruth.txt", int4_bundle, tmp_path)
+    for row in job.second:
+        assert job.assembler.add(_encoded(row, job.model, repeat=True)) == []
     # The original claimed every text, then failed on its last chunk: none of its memories is written.
+    last = len(job.first) - 1
     written = [
         path
-        for index, row in enumerate(first)
-        for path in assembler.add(
-            _encoded(row, model, error="could not be indexed: out of memory" if index == len(first) - 1 else None)
+        for index, row in enumerate(job.first)
+        for path in job.assembler.add(
+            _encoded(row, job.model, error="could not be indexed: out of memory" if index == last else None)
         )
     ]
     assert [Path(p).name for p in written] == ["a.txt"]
-    left = assembler.finish(lambda texts: encode_texts(str(int4_bundle), 2, "cpu", texts))
+    left = job.assembler.finish(lambda texts: encode_texts(str(int4_bundle), 2, "cpu", texts))
     assert [Path(p).name for p in left] == ["b.txt"]
-    assert (report.ready, report.failed, report.repeated) == (1, 1, 0)
-    writer.close({})
+    assert (job.report.ready, job.report.failed, job.report.repeated) == (1, 1, 0)
+    job.writer.close({})
 
     documents, memories = {}, {}
     for shard in sorted((tmp_path / "out.pack" / "shards").glob("*.sqlite3")):
@@ -410,10 +400,9 @@ def test_a_repeat_whose_original_failed_is_encoded_at_the_end(int4_bundle: Path,
         memories.update(db.execute("SELECT text_hash, states FROM memories"))
         db.close()
     assert documents["a.txt"][0] == PackState.FAILED.value and documents["b.txt"][0] == PackState.READY.value
-    assert len(documents["b.txt"][1]) == len(second) and len(memories) == len(second)
+    assert len(documents["b.txt"][1]) == len(job.second) and len(memories) == len(job.second)
     for text in documents["b.txt"][1]:
-        memory = model.encode(text).states
-        assert memories[text_hash(text)] == np.ascontiguousarray(memory, dtype=np.float16).tobytes()
+        assert memories[text_hash(text)] == memory_bytes(job.model, text)[0]
 
 
 def test_the_last_step_encodes_on_the_cluster_as_an_actor_would(ray_address: str, int4_bundle: Path) -> None:
