@@ -31,7 +31,7 @@ from pathlib import Path
 
 import numpy as np
 import onnxruntime as ort
-from onnx import NodeProto, TensorProto, helper
+from onnx import NodeProto
 from onnxruntime.capi._pybind_state import quantize_matmul_4bits
 
 from benchmarks.encoder_deviation import kjv_chunks
@@ -40,7 +40,6 @@ from inference.providers import session_options
 from onnx_export.convert import run_builder
 from onnx_export.quantize import (
     ACCURACY_INT8_COMPUTE,
-    MS_DOMAIN,
     _DataWriter,
     matmul_nbits,
     quantize_int4,
@@ -62,31 +61,7 @@ LM_HEAD_32 = "int4 b128, lm_head b32"
 def asymmetric_int4(node: NodeProto, weight: np.ndarray, _producer: str, writer: _DataWriter) -> NodeProto:
     """MatMulNBits int4 with a zero point per block: each block's scale spans its min..max, not
     +-max, so a block whose weights lean to one side wastes no levels (the Q4_1 idea)."""
-    block_size = 128
-    k, n = weight.shape
-    k_blocks = (k + block_size - 1) // block_size
-    padded = np.pad(weight, ((0, k_blocks * block_size - k), (0, 0))) if k % block_size else weight
-    packed = np.zeros((n, k_blocks, block_size // 2), dtype=np.uint8)
-    scales = np.zeros((n, k_blocks), dtype=np.float32)
-    zero_points = np.zeros((n, (k_blocks + 1) // 2), dtype=np.uint8)
-    quantize_matmul_4bits(packed, np.ascontiguousarray(padded), scales, zero_points, block_size, n, k, False)
-    stem = node.input[1]
-    names = [f"{stem}_Q4", f"{stem}_scales", f"{stem}_zero_points"]
-    writer.add(names[0], packed, TensorProto.UINT8)
-    writer.add(names[1], scales, TensorProto.FLOAT)
-    writer.add(names[2], zero_points, TensorProto.UINT8)
-    return helper.make_node(
-        "MatMulNBits",
-        [node.input[0], *names],
-        list(node.output),
-        name=f"{node.name}_Q4",
-        domain=MS_DOMAIN,
-        K=k,
-        N=n,
-        bits=4,
-        block_size=block_size,
-        accuracy_level=ACCURACY_INT8_COMPUTE,
-    )
+    return matmul_nbits(node, weight, writer, 4, 128, ACCURACY_INT8_COMPUTE, symmetric=False)
 
 
 def symmetric_int4(

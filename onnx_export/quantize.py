@@ -104,9 +104,16 @@ WeightRule = Callable[[NodeProto, np.ndarray, str, _DataWriter], "NodeProto | li
 
 
 def matmul_nbits(
-    node: NodeProto, weight: np.ndarray, writer: _DataWriter, bits: int, block_size: int, accuracy_level: int
+    node: NodeProto,
+    weight: np.ndarray,
+    writer: _DataWriter,
+    bits: int,
+    block_size: int,
+    accuracy_level: int,
+    symmetric: bool = True,
 ) -> NodeProto:
-    """MatMulNBits with symmetric blocks along K (zero points implied)."""
+    """MatMulNBits with blocks along K: symmetric (zero points implied), or with a zero point per
+    block so each block's scale spans its min..max."""
     k, n = weight.shape
     k_blocks = (k + block_size - 1) // block_size
     padded = np.pad(weight, ((0, k_blocks * block_size - k), (0, 0))) if k % block_size else weight
@@ -114,11 +121,14 @@ def matmul_nbits(
     scales = np.zeros((n, k_blocks), dtype=np.float32)
     zero_points = np.zeros((n, (k_blocks * bits + 7) // 8), dtype=np.uint8)
     kernel = quantize_matmul_4bits if bits == 4 else quantize_matmul_8bits
-    kernel(packed, np.ascontiguousarray(padded), scales, zero_points, block_size, n, k, True)
+    kernel(packed, np.ascontiguousarray(padded), scales, zero_points, block_size, n, k, symmetric)
     stem = node.input[1]
     names = [f"{stem}_Q{bits}", f"{stem}_scales"]
     writer.add(names[0], packed, TensorProto.UINT8)
     writer.add(names[1], scales, TensorProto.FLOAT)
+    if not symmetric:
+        names.append(f"{stem}_zero_points")
+        writer.add(names[2], zero_points, TensorProto.UINT8)
     return helper.make_node(
         "MatMulNBits",
         [node.input[0], *names],
